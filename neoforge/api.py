@@ -1,0 +1,176 @@
+"""The HTTP API: queue an email, read its status, check health."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from neoforge.errors import ConfigurationError, InvalidEmail, QueueUnavailable
+from neoforge.logs import configure_logging, log_event
+from neoforge.message import EmailRequest
+from neoforge.redis_client import close_all, get_redis, safe_url
+from neoforge.schemas import EmailStatus, Health, Problem, Queued
+from neoforge.settings import get_settings
+from neoforge.store import get_store
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+_bearer = HTTPBearer(auto_error=False, description="One of the keys in API_KEYS.")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "Missing or wrong API key."},
+    503: {"model": Problem, "description": "Redis unreachable, or API_KEYS not set."},
+}
+
+
+def require_key(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """Accept only ``Authorization: Bearer <key>`` with a key from API_KEYS."""
+    keys = get_settings().api_keys
+    if not keys:
+        # No keys configured must never mean "open to everyone".
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "API_KEYS is not set: /emails is disabled")
+    given = credentials.credentials.encode() if credentials else b""
+    matched = False
+    for key in keys:  # compare with every key, in constant time each
+        matched |= hmac.compare_digest(given, key.encode())
+    if not matched:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return given.decode()
+
+
+emails = APIRouter(prefix="/emails", tags=["emails"], dependencies=[Depends(require_key)], responses=_ERRORS)
+
+
+@emails.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Queued,
+    summary="Queue an email",
+    responses={422: {"description": "Invalid email: the detail names each bad field."}},
+)
+def queue_email(request: EmailRequest) -> Queued:
+    """Validate and queue an email; returns its id at once. Delivery happens in a worker."""
+    from tasks import send_email
+
+    result = send_email.enqueue(request)
+    return Queued(id=result.id)
+
+
+@emails.get(
+    "/{email_id}",
+    response_model=EmailStatus,
+    summary="Status of an email",
+    responses={404: {"model": Problem, "description": "No email was ever queued under this id."}},
+)
+def email_status(email_id: str) -> EmailStatus:
+    """The email's status, attempts, last error, timestamps and attempt timeline."""
+    try:
+        record = get_store().get(email_id)
+    except redis.RedisError as exc:
+        raise QueueUnavailable("cannot reach Redis") from exc
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no email with this id")
+    return EmailStatus.model_validate({k: v for k, v in record.items() if v != ""})
+
+
+def health() -> JSONResponse:
+    """200 when Redis answers, 503 when it does not."""
+    try:
+        get_redis(get_settings().redis_url).ping()
+    except redis.RedisError as exc:
+        body = Health(status="unavailable", redis=type(exc).__name__)
+        return JSONResponse(body.model_dump(), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    return JSONResponse(Health(status="ok", redis="ok").model_dump())
+
+
+async def _invalid(_: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, InvalidEmail):
+        raise exc
+    detail = [{"loc": ["body", *e.loc], "msg": e.msg, "type": e.type} for e in exc.errors]
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+def _startup_problem() -> str | None:
+    """Why the API cannot start (bad setting, Redis unreachable), in one line; None if it can."""
+    try:
+        settings = get_settings()
+    except ConfigurationError as exc:
+        return f"neoforge: {exc}"
+    try:
+        get_redis(settings.redis_url).ping()
+    except redis.RedisError as exc:
+        return f"neoforge: cannot reach Redis at {safe_url(settings.redis_url)}: {type(exc).__name__}"
+    return None
+
+
+class StartupCheck:
+    """ASGI middleware: refuse to start, with one line and no traceback, when settings or Redis are bad."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            problem = await run_in_threadpool(_startup_problem)
+            if problem is not None:
+                await receive()  # lifespan.startup
+                await send({"type": "lifespan.startup.failed", "message": problem})
+                return
+        await self.app(scope, receive, send)
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    """Log start-up (StartupCheck has checked settings and Redis); close connections at shutdown."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if not settings.api_keys:
+        logger.warning("API_KEYS is not set: /emails answers 503 until it is")
+    log_event(logger, "api.started", redis=safe_url(settings.redis_url))
+    yield
+    from tasks.app import close_broker_connections
+
+    close_broker_connections()
+    close_all()
+
+
+def create_app() -> FastAPI:
+    """The FastAPI application (settings are read at start-up, not here)."""
+    app = FastAPI(
+        title="NeoForge Mail",
+        version="0.1.0",
+        summary="Queue emails for background delivery; read their status.",
+        lifespan=lifespan,
+    )
+    app.include_router(emails)
+    app.add_api_route(
+        "/health",
+        health,
+        methods=["GET"],
+        response_model=Health,
+        tags=["ops"],
+        responses={503: {"model": Health, "description": "Redis unreachable."}},
+    )
+    app.add_middleware(StartupCheck)
+    app.add_exception_handler(InvalidEmail, _invalid)
+    app.add_exception_handler(QueueUnavailable, _unavailable)
+    return app

@@ -1,0 +1,121 @@
+"""The ``neoforge`` command: run the development system, queue an email, read a status."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from neoforge.errors import ConfigurationError, InvalidEmail, QueueUnavailable
+from neoforge.logs import configure_logging
+from neoforge.settings import Settings, get_settings
+
+__all__ = ["main"]
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def main() -> None:
+    """NeoForge Mail: background email delivery on Celery and Redis."""
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".dev"),
+    show_default=True,
+    help="Where Redis data, caught mail and logs are kept.",
+)
+@click.option("--api-port", default=8000, show_default=True, help="Preferred API port (another if busy).")
+@click.option("--flower-port", default=5555, show_default=True, help="Preferred Flower port.")
+@click.option("--smtp-port", default=1025, show_default=True, help="Preferred mail catcher port.")
+@click.option("--redis-port", default=6379, show_default=True, help="Preferred Redis port.")
+@click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
+def dev(
+    data_dir: Path, api_port: int, flower_port: int, smtp_port: int, redis_port: int, concurrency: int
+) -> None:
+    """Run Redis, a mail catcher, a worker, Flower and the API until Ctrl-C."""
+    from neoforge.devstack import DevStack
+
+    configure_logging("INFO", "text")
+    stack = DevStack(data_dir.resolve(), api_port, flower_port, smtp_port, redis_port, concurrency)
+    sys.exit(stack.run())
+
+
+@main.command()
+@click.option("--to", "to", multiple=True, required=True, help="Recipient (repeat for more).")
+@click.option("--cc", multiple=True, help="Copy recipient (repeatable).")
+@click.option("--bcc", multiple=True, help="Blind-copy recipient (repeatable).")
+@click.option("--subject", required=True)
+@click.option("--template", help="Template name in templates/.")
+@click.option("--context", "context_json", help="Template variables as a JSON object.")
+@click.option("--text", help="Plain-text body.")
+@click.option("--html", help="HTML body.")
+@click.option(
+    "--queue", type=click.Choice(["transactional", "bulk"]), default="transactional", show_default=True
+)
+def send(
+    to: tuple[str, ...],
+    cc: tuple[str, ...],
+    bcc: tuple[str, ...],
+    subject: str,
+    template: str | None,
+    context_json: str | None,
+    text: str | None,
+    html: str | None,
+    queue: str,
+) -> None:
+    """Queue an email and print its id."""
+    _settings()
+    fields: dict[str, Any] = {"to": list(to), "cc": list(cc), "bcc": list(bcc), "subject": subject}
+    if template:
+        fields["template"] = template
+        try:
+            fields["context"] = json.loads(context_json or "{}")
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--context") from None
+    if text is not None:
+        fields["text"] = text
+    if html is not None:
+        fields["html"] = html
+    from tasks import send_email
+
+    try:
+        result = send_email.apply_async(kwargs=fields, queue=queue)
+    except InvalidEmail as exc:
+        raise click.ClickException(f"invalid email: {exc}") from None
+    except QueueUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(result.id)
+
+
+@main.command()
+@click.argument("email_id")
+def status(email_id: str) -> None:
+    """Print an email's status record as JSON."""
+    _settings()
+    import redis
+
+    from neoforge.store import get_store, unavailable
+
+    try:
+        record = get_store().get(email_id)
+    except redis.RedisError as exc:
+        raise click.ClickException(str(unavailable(exc))) from None
+    if record is None:
+        raise click.ClickException(f"no email with id {email_id}")
+    click.echo(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Hand a message to the SMTP server and say how it went.
+
+fastapi-mail builds the MIME message from its ``MessageSchema``; aiosmtplib
+carries it, step by step (MAIL, RCPT, DATA), so that every failure keeps the
+server's exact reply code and the phase it happened in. fastapi-mail's own
+``send_message`` is not used: it opens a connection per email and turns
+connection-phase failures into a generic ``ConnectionErrors`` (see
+fastapi_mail/connection.py), which would erase the code that decides retry
+versus dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from email.message import Message
+from email.utils import make_msgid
+from typing import Any
+
+import aiosmtplib
+from fastapi_mail import ConnectionConfig, FastMail, MessageSchema, MessageType, MultipartSubtypeEnum
+from starlette.datastructures import Headers, UploadFile
+
+from neoforge.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from neoforge.message import EmailRequest
+from neoforge.redact import mask_addresses
+from neoforge.settings import Settings, get_settings
+from neoforge.templates import Rendered
+
+__all__ = ["Accepted", "build_message", "close_connections", "deliver", "run_in_worker_loop"]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The server took the message; ``refused`` lists recipients it turned away."""
+
+    reply: str
+    refused: list[dict[str, Any]] = field(default_factory=list)
+
+
+_builders: dict[int, tuple[Settings, FastMail]] = {}
+
+
+def _mail(settings: Settings) -> FastMail:
+    cached = _builders.get(id(settings))
+    if cached is not None and cached[0] is settings:
+        return cached[1]
+    # fastapi-mail only builds the message here; the connection fields are
+    # required by its config model but never used to connect.
+    config = ConnectionConfig(
+        MAIL_USERNAME=settings.smtp_user or "",
+        MAIL_PASSWORD=settings.smtp_password or "",
+        MAIL_FROM=settings.smtp_from,
+        MAIL_FROM_NAME=settings.smtp_from_name,
+        MAIL_PORT=settings.smtp_port,
+        MAIL_SERVER=settings.smtp_host,
+        MAIL_STARTTLS=settings.smtp_starttls,
+        MAIL_SSL_TLS=settings.smtp_ssl_tls,
+        USE_CREDENTIALS=False,
+    )
+    mail = FastMail(config)
+    _builders.clear()
+    _builders[id(settings)] = (settings, mail)
+    return mail
+
+
+async def build_message(email_id: str, request: EmailRequest, body: Rendered) -> Message:
+    """The MIME message for REQUEST: text and HTML alternatives, attachments, our Message-ID."""
+    settings = get_settings()
+    # Plain text first and HTML second: in multipart/alternative the last part
+    # is the preferred one.
+    if body.text is not None and body.html is not None:
+        main, alternative, subtype = body.text, body.html, MessageType.plain
+        multipart = MultipartSubtypeEnum.alternative
+    elif body.html is not None:
+        main, alternative, subtype = body.html, None, MessageType.html
+        multipart = MultipartSubtypeEnum.mixed
+    else:
+        main, alternative, subtype = body.text or "", None, MessageType.plain
+        multipart = MultipartSubtypeEnum.mixed
+    schema = MessageSchema(
+        recipients=list(request.to),
+        cc=list(request.cc),
+        reply_to=list(request.reply_to),
+        subject=request.subject,
+        body=main,
+        alternative_body=alternative,
+        subtype=subtype,
+        multipart_subtype=multipart,
+        headers=dict(request.headers) or None,
+        attachments=[
+            UploadFile(
+                file=io.BytesIO(item.data()),
+                filename=item.filename,
+                headers=Headers({"content-type": item.content_type}),
+            )
+            for item in request.attachments
+        ],
+    )
+    message = await _mail(settings).get_message(schema)
+    if not isinstance(message, Message):
+        raise PermanentDeliveryError("message could not be built")
+    # Bcc stays in the envelope only; the id in Message-ID lets a support
+    # engineer match a received mail to its status record.
+    domain = settings.smtp_from.rpartition("@")[2]
+    # fastapi-mail's NameEmail invents a display name from the local part
+    # ("alice <alice@example.com>"): write the addresses as given.
+    for header, addresses in (("To", request.to), ("Cc", request.cc), ("Reply-To", request.reply_to)):
+        if addresses:
+            message.replace_header(header, ", ".join(addresses))
+    del message["Message-ID"]
+    message["Message-ID"] = make_msgid(idstring=email_id, domain=domain)
+    return message
+
+
+def _classify(exc: BaseException, phase: str) -> DeliveryError:
+    """Map an aiosmtplib or socket failure to transient (retry) or permanent (dead letter)."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [item.code for item in exc.recipients]
+        text = "; ".join(f"{item.code} {item.message}" for item in exc.recipients)
+        error: type[DeliveryError] = (
+            TransientDeliveryError if any(400 <= c < 500 for c in codes) else PermanentDeliveryError
+        )
+        return error(f"every recipient refused: {mask_addresses(text)}", min(codes), "recipients_refused")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        text = f"{exc.code} {mask_addresses(exc.message)}"
+        if 400 <= exc.code < 500:
+            return TransientDeliveryError(text, exc.code, "smtp_4xx")
+        if 500 <= exc.code < 600:
+            return PermanentDeliveryError(text, exc.code, "smtp_5xx")
+        return TransientDeliveryError(f"unexpected reply {text}", exc.code, "smtp_other")
+    if isinstance(exc, (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError)) and phase == "data":
+        # The message may have been taken before the connection went: sending
+        # again could deliver it twice, so a person decides (requeue).
+        return PermanentDeliveryError(
+            f"outcome unknown, connection lost during DATA: {exc}", None, "outcome_unknown"
+        )
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return PermanentDeliveryError(f"server does not support what we need: {exc}", None, "bad_config")
+    if isinstance(exc, (TimeoutError, aiosmtplib.SMTPTimeoutError)):
+        return TransientDeliveryError(f"timed out: {exc}", None, "timeout")
+    if isinstance(exc, (ConnectionError, OSError, aiosmtplib.SMTPException)):
+        return TransientDeliveryError(f"{type(exc).__name__}: {mask_addresses(str(exc))}", None, "connection")
+    if isinstance(exc, ValueError):
+        return PermanentDeliveryError(
+            f"message cannot be sent: {mask_addresses(str(exc))}", None, "bad_message"
+        )
+    raise exc
+
+
+class _Pool:
+    """Reusable SMTP connections for one event loop (one per worker thread)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.idle: list[tuple[aiosmtplib.SMTP, float, int]] = []
+
+    async def connect(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        smtp = aiosmtplib.SMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            timeout=s.smtp_timeout,
+            use_tls=s.smtp_ssl_tls,
+            start_tls=s.smtp_starttls,
+            validate_certs=s.smtp_validate_certs,
+        )
+        await smtp.connect()
+        if s.smtp_user and s.smtp_password:
+            await smtp.login(s.smtp_user, s.smtp_password.get_secret_value())
+        return smtp
+
+    def take(self) -> tuple[aiosmtplib.SMTP, int] | None:
+        while self.idle:
+            smtp, since, used = self.idle.pop()
+            if smtp.is_connected and time.monotonic() - since < _IDLE_SECONDS:
+                return smtp, used
+            smtp.close()
+        return None
+
+    def close_all(self) -> None:
+        while self.idle:
+            self.idle.pop()[0].close()
+
+    def give_back(self, smtp: aiosmtplib.SMTP, used: int) -> None:
+        if used >= _MESSAGES_PER_CONNECTION or not smtp.is_connected:
+            smtp.close()
+        else:
+            self.idle.append((smtp, time.monotonic(), used))
+
+
+_IDLE_SECONDS = 30.0
+_MESSAGES_PER_CONNECTION = 100
+_local = threading.local()
+# Every thread's loop and pool, so that shutdown can close them all.
+_threads: dict[int, tuple[asyncio.AbstractEventLoop, list[_Pool]]] = {}
+_threads_lock = threading.Lock()
+
+
+async def _transmit(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], data: bytes) -> Accepted:
+    await smtp.mail(sender)
+    refused = []
+    for address in recipients:
+        try:
+            await smtp.rcpt(address)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            refused.append(exc)
+    if len(refused) == len(recipients):
+        raise aiosmtplib.SMTPRecipientsRefused(refused)
+    try:
+        reply = await smtp.data(data)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+        raise _DataPhaseLost(exc) from exc
+    return Accepted(
+        reply=reply.message,
+        refused=[{"address": r.recipient, "code": r.code, "message": r.message} for r in refused],
+    )
+
+
+class _DataPhaseLost(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+
+
+async def deliver(message: Message, recipients: list[str]) -> Accepted:
+    """Send MESSAGE to RECIPIENTS; raise TransientDeliveryError or PermanentDeliveryError."""
+    settings = get_settings()
+    pool = _pool(settings)
+    sender = settings.smtp_from
+    data = message.as_bytes()
+    reused = pool.take()
+    if reused is not None:
+        smtp, used = reused
+        try:
+            accepted = await _transmit(smtp, sender, recipients, data)
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+            # The server closed an idle connection before MAIL: nothing was
+            # sent, so a fresh connection is safe and not a retry.
+            smtp.close()
+        except _DataPhaseLost as exc:
+            raise _classify(exc.cause, "data") from exc.cause
+        except Exception as exc:
+            await _reset(smtp)
+            pool.give_back(smtp, used + 1)
+            raise _classify(exc, "envelope") from exc
+        else:
+            pool.give_back(smtp, used + 1)
+            return accepted
+    try:
+        smtp = await pool.connect()
+    except Exception as exc:
+        raise _classify(exc, "connect") from exc
+    try:
+        accepted = await _transmit(smtp, sender, recipients, data)
+    except _DataPhaseLost as exc:
+        raise _classify(exc.cause, "data") from exc.cause
+    except Exception as exc:
+        await _reset(smtp)
+        pool.give_back(smtp, 1)
+        raise _classify(exc, "envelope") from exc
+    pool.give_back(smtp, 1)
+    return accepted
+
+
+async def _reset(smtp: aiosmtplib.SMTP) -> None:
+    if not smtp.is_connected:
+        return
+    try:
+        await smtp.rset()
+    except (aiosmtplib.SMTPException, ConnectionError, ssl.SSLError):
+        smtp.close()
+
+
+def _pool(settings: Settings) -> _Pool:
+    pool: _Pool | None = getattr(_local, "pool", None)
+    if pool is None or pool.settings is not settings:
+        if pool is not None:
+            pool.close_all()
+        pool = _Pool(settings)
+        _local.pool = pool
+        with _threads_lock:
+            _threads[threading.get_ident()][1].append(pool)
+    return pool
+
+
+def run_in_worker_loop(coro: Any) -> Any:
+    """Run CORO on this thread's persistent event loop, so connections outlive one task."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _local.loop = loop
+        with _threads_lock:
+            _threads[threading.get_ident()] = (loop, [])
+    return loop.run_until_complete(coro)
+
+
+def close_connections() -> None:
+    """Close every pooled SMTP connection and event loop of this process (at worker shutdown)."""
+    with _threads_lock:
+        states = list(_threads.values())
+        _threads.clear()
+    for loop, pools in states:
+        for pool in pools:
+            pool.close_all()
+        if not loop.is_running() and not loop.is_closed():
+            loop.run_until_complete(asyncio.sleep(0))
+            loop.close()

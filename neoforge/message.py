@@ -1,0 +1,186 @@
+"""The one model that says what a valid email is: used by the task, EmailService and the API."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from neoforge.settings import get_settings
+from neoforge.templates import template_exists
+
+__all__ = ["ALLOWED_HEADERS", "Attachment", "EmailRequest"]
+
+# Headers a caller may set. Everything that changes who gets the mail or how it
+# is parsed (From, To, Cc, Bcc, Return-Path, Content-*, MIME-Version, ...) is
+# ours to write; X- headers are free for tagging.
+ALLOWED_HEADERS = frozenset(
+    {
+        "auto-submitted",
+        "in-reply-to",
+        "list-id",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "precedence",
+        "references",
+    }
+)
+_X_HEADER = re.compile(r"^X-[A-Za-z0-9][A-Za-z0-9-]{0,76}$")
+_TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$")
+
+
+def _single_line(value: str) -> str:
+    if any(ch in value for ch in "\r\n\x00"):
+        raise ValueError("must not contain CR, LF or NUL")
+    return value
+
+
+def _ascii_address(value: str) -> str:
+    if not value.isascii():
+        raise ValueError("non-ASCII addresses are not supported")
+    return value
+
+
+SingleLine = Annotated[str, AfterValidator(_single_line)]
+Address = Annotated[EmailStr, AfterValidator(_ascii_address)]
+
+
+class Attachment(BaseModel):
+    """A file sent with the email, carried as base64 (never a path on the server)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filename: SingleLine = Field(
+        min_length=1, max_length=255, description="File name shown to the recipient."
+    )
+    content: str = Field(description="The file's bytes, base64-encoded.")
+    content_type: str = Field("application/octet-stream", description="MIME type, e.g. application/pdf.")
+
+    @field_validator("filename")
+    @classmethod
+    def _no_path(cls, value: str) -> str:
+        if "/" in value or "\\" in value or value in {".", ".."}:
+            raise ValueError("must be a file name, not a path")
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("must be valid base64") from exc
+        return value
+
+    @field_validator("content_type")
+    @classmethod
+    def _mime(cls, value: str) -> str:
+        if not _MIME_TYPE.match(value.lower()):
+            raise ValueError("must be a MIME type such as application/pdf")
+        return value.lower()
+
+    def data(self) -> bytes:
+        """The decoded file content."""
+        return base64.b64decode(self.content)
+
+    @property
+    def size(self) -> int:
+        """Decoded size in bytes, computed without decoding."""
+        padding = self.content.count("=", -2)
+        return len(self.content) * 3 // 4 - padding
+
+
+class EmailRequest(BaseModel):
+    """An email to queue: recipients, subject, and a template or a text/HTML body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: list[Address] = Field(min_length=1, description="Recipients (To:).")
+    cc: list[Address] = Field(default_factory=list, description="Copy recipients (Cc:).")
+    bcc: list[Address] = Field(
+        default_factory=list, description="Blind-copy recipients: in the envelope only."
+    )
+    reply_to: list[Address] = Field(default_factory=list, description="Reply-To: addresses.")
+    subject: SingleLine = Field(min_length=1, max_length=998, description="Subject line.")
+    template: str | None = Field(
+        None, description="Name of a template in templates/ (NAME.html and/or NAME.txt)."
+    )
+    context: dict[str, Any] = Field(
+        default_factory=dict, description="Variables for the template; every one it uses is required."
+    )
+    text: str | None = Field(None, description="Plain-text body, instead of a template.")
+    html: str | None = Field(None, description="HTML body, instead of a template.")
+    headers: dict[str, SingleLine] = Field(
+        default_factory=dict,
+        description="Extra headers: X-* or one of " + ", ".join(sorted(ALLOWED_HEADERS)) + ".",
+    )
+    attachments: list[Attachment] = Field(
+        default_factory=list, description="Files, base64-encoded; total size is limited."
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _TEMPLATE_NAME.match(value):
+            raise ValueError("must be a template name (letters, digits, _ and -)")
+        if not template_exists(value):
+            raise ValueError(f"unknown template {value!r}")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _allowed_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, content in value.items():
+            if not (name.lower() in ALLOWED_HEADERS or _X_HEADER.match(name)):
+                raise ValueError(f"header {name!r} is not allowed")
+            if len(content) > 998:
+                raise ValueError(f"header {name!r} is longer than 998 characters")
+        return value
+
+    @field_validator("text", "html")
+    @classmethod
+    def _body_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            limit = get_settings().email_max_body_bytes
+            if len(value.encode()) > limit:
+                raise ValueError(f"is larger than {limit} bytes")
+        return value
+
+    @field_validator("attachments")
+    @classmethod
+    def _attachments_size(cls, value: list[Attachment]) -> list[Attachment]:
+        limit = get_settings().email_max_attachments_bytes
+        if sum(item.size for item in value) > limit:
+            raise ValueError(f"total size is larger than {limit} bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _one_body(self) -> EmailRequest:
+        if self.template is None and self.text is None and self.html is None:
+            raise ValueError("give a template, or a text or html body")
+        if self.template is not None and (self.text is not None or self.html is not None):
+            raise ValueError("give a template or a text/html body, not both")
+        if self.template is None and self.context:
+            raise ValueError("context is only used with a template")
+        limit = get_settings().email_max_recipients
+        if len(self.to) + len(self.cc) + len(self.bcc) > limit:
+            raise ValueError(f"more than {limit} recipients (to + cc + bcc)")
+        return self
+
+    def recipients(self) -> list[str]:
+        """Every envelope recipient: to, cc and bcc, each once."""
+        return list(dict.fromkeys([*self.to, *self.cc, *self.bcc]))

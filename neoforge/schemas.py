@@ -1,0 +1,78 @@
+"""Response models of the HTTP API (the request model is neoforge.message.EmailRequest)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = ["AttemptRecord", "EmailStatus", "Health", "Problem", "Queued", "RefusedRecipient"]
+
+Status = Literal["queued", "sending", "retrying", "sent", "failed"]
+
+
+class Queued(BaseModel):
+    """The email was accepted and queued under ``id``."""
+
+    id: str = Field(description="The email id (also the Celery task id).")
+    status: Literal["queued"] = "queued"
+
+
+class RefusedRecipient(BaseModel):
+    """A recipient the SMTP server turned away while accepting the others."""
+
+    address: str
+    code: int
+    message: str
+
+
+class AttemptRecord(BaseModel):
+    """One delivery attempt."""
+
+    attempt: int = Field(description="1 for the first attempt.")
+    started_at: str
+    finished_at: str
+    duration_ms: float
+    worker: str = Field(description="Celery hostname of the worker that tried.")
+    outcome: Literal["sent", "retry", "failed"]
+    smtp_code: int | None = Field(None, description="The SMTP reply code, when the server gave one.")
+    error: str | None = None
+    error_class: str | None = None
+    retry_in: float | None = Field(None, description="Seconds until the next attempt, for outcome=retry.")
+    smtp_reply: str | None = Field(None, description="The server's reply to DATA, for outcome=sent.")
+
+
+class EmailStatus(BaseModel):
+    """Where an email is: status, attempts, last error, timestamps and every attempt."""
+
+    id: str
+    status: Status
+    attempts: int = Field(description="Delivery attempts started so far.")
+    last_error: str | None = Field(
+        None, description="SMTP code and text, or the exception, of the last failure."
+    )
+    last_smtp_code: int | None = None
+    error_class: str | None = Field(None, description="smtp_4xx, smtp_5xx, connection, timeout, ...")
+    created_at: str
+    updated_at: str
+    sent_at: str | None = None
+    failed_at: str | None = None
+    next_attempt_at: str | None = None
+    template: str | None = None
+    recipients: int = Field(0, description="Number of envelope recipients.")
+    queue: str | None = None
+    refused: list[RefusedRecipient] = Field(default_factory=list)
+    timeline: list[AttemptRecord] = Field(default_factory=list)
+
+
+class Health(BaseModel):
+    """Liveness of the API and its Redis."""
+
+    status: Literal["ok", "unavailable"]
+    redis: str
+
+
+class Problem(BaseModel):
+    """An error response."""
+
+    detail: str

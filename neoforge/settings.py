@@ -1,0 +1,98 @@
+"""All configuration, read from the environment (and ``.env``) by one cached ``get_settings()``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import EmailStr, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from neoforge.errors import ConfigurationError
+
+__all__ = ["Settings", "get_settings"]
+
+_DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+class Settings(BaseSettings):
+    """Every setting NeoForge Mail reads; the variable name is the field name in upper case."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # Redis: broker, result backend and our status store, all in one database.
+    redis_url: str = "redis://redis:6379/0"
+
+    # SMTP
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    smtp_ssl_tls: bool = False
+    smtp_validate_certs: bool = True
+    smtp_from: EmailStr = "noreply@example.com"
+    smtp_from_name: str = "NeoForge"
+    smtp_timeout: float = Field(30.0, gt=0)
+
+    # HTTP API
+    api_keys: Annotated[list[str], NoDecode] = []
+
+    # Retries: exponential backoff with jitter, capped.
+    email_max_retries: int = Field(5, ge=0, le=100)
+    email_retry_backoff: float = Field(30.0, gt=0)
+    email_retry_backoff_max: float = Field(900.0, gt=0)
+
+    # Limits on what may be queued.
+    email_max_recipients: int = Field(50, ge=1)
+    email_max_body_bytes: int = Field(1_048_576, ge=1)
+    email_max_attachments_bytes: int = Field(10_485_760, ge=0)
+
+    # How long a finished email's status stays readable.
+    email_status_ttl: int = Field(7 * 24 * 3600, ge=60)
+
+    templates_dir: Path = _DEFAULT_TEMPLATES
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _templates_exist(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{value} is not a folder")
+        return value.resolve()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.email_retry_backoff_max < self.email_retry_backoff:
+            raise ValueError("EMAIL_RETRY_BACKOFF_MAX must be at least EMAIL_RETRY_BACKOFF")
+        if self.smtp_starttls and self.smtp_ssl_tls:
+            raise ValueError("SMTP_STARTTLS and SMTP_SSL_TLS cannot both be true")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Build the settings once per process; raise ConfigurationError naming a bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+        raise ConfigurationError(f"invalid setting {name}: {first['msg']}") from exc

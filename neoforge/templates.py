@@ -1,0 +1,64 @@
+"""Jinja2 templates: HTML autoescaped, plain text not, undefined variables are errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from neoforge.settings import get_settings
+
+__all__ = ["Rendered", "render", "template_exists"]
+
+_KINDS = ("html", "txt")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered template: either part may be missing, not both."""
+
+    html: str | None
+    text: str | None
+
+
+@lru_cache(maxsize=4)
+def _environment(folder: Path) -> jinja2.Environment:
+    # One environment per folder and process: Jinja keeps compiled templates in
+    # it, so each template is compiled once, not on every email.
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder, followlinks=False),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+        undefined=jinja2.StrictUndefined,
+        auto_reload=False,
+        keep_trailing_newline=True,
+    )
+
+
+def _files(name: str) -> dict[str, str]:
+    folder = get_settings().templates_dir
+    found = {}
+    for kind in _KINDS:
+        path = folder / f"{name}.{kind}"
+        # A symlink pointing out of the folder is not a template of ours.
+        if path.is_file() and path.resolve().parent == folder:
+            found[kind] = path.name
+    return found
+
+
+def template_exists(name: str) -> bool:
+    """True when templates/NAME.html or templates/NAME.txt exists inside the folder."""
+    return bool(_files(name))
+
+
+def render(name: str, context: dict[str, Any]) -> Rendered:
+    """Render NAME.html and NAME.txt; raise jinja2.TemplateError on a missing variable."""
+    files = _files(name)
+    if not files:
+        raise jinja2.TemplateNotFound(name)
+    env = _environment(get_settings().templates_dir)
+    html = env.get_template(files["html"]).render(context) if "html" in files else None
+    text = env.get_template(files["txt"]).render(context) if "txt" in files else None
+    return Rendered(html=html, text=text)

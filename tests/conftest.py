@@ -1,0 +1,214 @@
+"""Real parts for every test: redis-server, an SMTP server, a Celery worker.
+
+pytest-celery is the plugin the design names, but its ``celery_worker``
+fixture runs workers in Docker, which these machines do not have. So the
+worker here is Celery's own in-process test worker
+(``celery.contrib.testing.worker.start_worker``, solo pool) and, for tests of
+crashes and the CLI, the real ``celery -A tasks worker`` in a subprocess.
+Nothing of ours is mocked and nothing runs in eager mode.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from neoforge.processes import free_port, redis_server_command, start, stop, wait_until
+from tests.smtp_server import SmtpServer
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "test-key-0123456789"
+
+# Small backoffs so that retries take fractions of a second.
+TEST_ENV = {
+    "SMTP_HOST": "127.0.0.1",
+    "SMTP_STARTTLS": "false",
+    "SMTP_SSL_TLS": "false",
+    "SMTP_FROM": "noreply@neoforge.example.com",
+    "SMTP_FROM_NAME": "NeoForge Tests",
+    "SMTP_TIMEOUT": "5",
+    "API_KEYS": f"{API_KEY},second-key-abcdef",
+    "EMAIL_MAX_RETRIES": "3",
+    "EMAIL_RETRY_BACKOFF": "0.2",
+    "EMAIL_RETRY_BACKOFF_MAX": "0.3",
+    "EMAIL_MAX_BODY_BYTES": "20000",
+    "EMAIL_MAX_ATTACHMENTS_BYTES": "30000",
+}
+
+
+class RedisServer:
+    """A redis-server process of our own, on a free port and a private folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.process = start(redis_server_command(self.port, self.folder), log=self.folder / "redis.log")
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        wait_until(lambda: bool(client.ping()), 20, "redis-server")
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="neoforge-tests-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_root: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_root / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[SmtpServer]:
+    server = SmtpServer(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def environment(redis_server: RedisServer, smtp_server: SmtpServer) -> Iterator[dict[str, str]]:
+    """Point settings (and so Celery) at our servers before anything reads them."""
+    from neoforge.settings import get_settings
+
+    env = {**TEST_ENV, "REDIS_URL": redis_server.url, "SMTP_PORT": str(smtp_server.port)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Change settings for one test: settings_env(EMAIL_MAX_RETRIES="0")."""
+    from neoforge.settings import get_settings
+
+    def change(**values: str) -> None:
+        for key, value in values.items():
+            monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+
+    yield change
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def _clean(client: redis.Redis) -> None:
+    # Our keys, queued messages and results; kombu's bindings stay so the
+    # running worker keeps consuming.
+    for pattern in ("neoforge:*", "celery-task-meta-*", "unacked*"):
+        keys = list(client.scan_iter(pattern, count=1000))
+        if keys:
+            client.delete(*keys)
+    client.delete("transactional", "bulk", "celery")
+
+
+@pytest.fixture(autouse=True)
+def clean_state(redis_client: redis.Redis, smtp_server: SmtpServer) -> Iterator[None]:
+    _clean(redis_client)
+    smtp_server.handler.reset()
+    yield
+    smtp_server.handler.reset()
+
+
+@pytest.fixture(scope="session")
+def celery_app(environment: dict[str, str]) -> Any:
+    from tasks import app
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def worker(celery_app: Any) -> Iterator[Any]:
+    """Celery's in-process test worker (solo pool) consuming both queues, for one test module.
+
+    Modules that run the real worker CLI do not use it, so nothing competes for their messages.
+    """
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(
+        celery_app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def api(environment: dict[str, str]) -> Iterator[Any]:
+    """The real FastAPI app (lifespan included) behind an HTTP test client."""
+    from fastapi.testclient import TestClient
+
+    from neoforge.main import app
+
+    with TestClient(app) as client:
+        yield client
+
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def wait_for_status(email_id: str, wanted: set[str], timeout: float = 20.0) -> dict[str, Any]:
+    """Poll the store until the email reaches one of WANTED; return its record."""
+    from neoforge.store import get_store
+
+    record: dict[str, Any] | None = None
+
+    def reached() -> bool:
+        nonlocal record
+        record = get_store().get(email_id)
+        return record is not None and record["status"] in wanted
+
+    try:
+        wait_until(reached, timeout, f"email {email_id} in {wanted}")
+    except TimeoutError:
+        raise AssertionError(f"email {email_id} never reached {wanted}; last record: {record}") from None
+    assert record is not None
+    return record
+
+
+def celery_cli(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """The real ``celery -A tasks ...`` command, in its own process group."""
+    return start(
+        [sys.executable, "-m", "celery", "-A", "tasks", *args], env={**os.environ, **env}, log=log, cwd=ROOT
+    )
+
+
+def now() -> float:
+    return time.monotonic()

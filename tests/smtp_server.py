@@ -1,0 +1,109 @@
+"""A real SMTP server for the tests: aiosmtpd on a free port, recording and scriptable.
+
+It records each message (envelope and parsed content) and, on demand,
+answers DATA or RCPT with a 4xx/5xx reply, delays DATA, or drops the
+connection after DATA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    raw: bytes
+    message: EmailMessage
+    at: float
+
+
+class RecordingHandler:
+    """Keeps every accepted message; replies follow the script the test sets."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.messages: list[Received] = []
+        self.data_replies: deque[str] = deque()
+        self.rcpt_replies: dict[str, str] = {}
+        self.data_delay = 0.0
+        self.drop_after_data = 0
+        self.connections = 0
+
+    def reset(self) -> None:
+        with self.lock:
+            self.messages.clear()
+            self.data_replies.clear()
+            self.rcpt_replies.clear()
+            self.data_delay = 0.0
+            self.drop_after_data = 0
+            self.connections = 0
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        with self.lock:
+            self.connections += 1
+        return responses
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        reply = self.rcpt_replies.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
+        with self.lock:
+            reply = self.data_replies.popleft() if self.data_replies else None
+        if reply:
+            return reply
+        raw = envelope.original_content or envelope.content
+        parsed = message_from_bytes(raw, policy=default)
+        with self.lock:
+            self.messages.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), raw, parsed, time.time())  # type: ignore[arg-type]
+            )
+            drop = self.drop_after_data > 0
+            if drop:
+                self.drop_after_data -= 1
+        if drop:
+            # Accepted and stored, but the client never hears the 250.
+            server.transport.close()
+            return "250 never seen"
+        return "250 Message accepted for delivery"
+
+    def by_subject(self, subject: str) -> list[Received]:
+        with self.lock:
+            return [m for m in self.messages if m.message["Subject"] == subject]
+
+
+class SmtpServer:
+    """aiosmtpd Controller around a RecordingHandler on 127.0.0.1 and a free port."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.handler = RecordingHandler()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=port)
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()

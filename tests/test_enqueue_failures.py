@@ -1,0 +1,48 @@
+"""Queueing when Redis cannot be reached: a clear error and nothing left behind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+
+from neoforge import QueueUnavailable
+from neoforge.processes import free_port
+
+
+def test_redis_down_at_enqueue(settings_env: Any, redis_client: redis.Redis) -> None:
+    from tasks import send_email
+
+    settings_env(REDIS_URL=f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    with pytest.raises(QueueUnavailable, match="cannot reach Redis") as caught:
+        send_email.delay(to=["a@example.com"], subject="down", text="x")
+    assert "hunter2" not in str(caught.value)
+    assert list(redis_client.scan_iter("neoforge:*")) == []
+
+
+def test_publish_fails_after_record_written(redis_client: redis.Redis, celery_app: Any) -> None:
+    """The record is written first, then the publish fails: the record is removed again."""
+    from tasks import send_email
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    with celery_app.connection_for_write(dead) as connection:
+        producer = celery_app.amqp.Producer(connection)
+        with pytest.raises(QueueUnavailable):
+            send_email.apply_async(
+                kwargs={"to": ["a@example.com"], "subject": "lost?", "text": "x"},
+                producer=producer,
+                retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.1},
+            )
+    assert list(redis_client.scan_iter("neoforge:*")) == []
+    assert redis_client.llen("transactional") == 0
+
+
+def test_api_answers_503_when_redis_is_down(api: Any, settings_env: Any) -> None:
+    from tests.conftest import AUTH
+
+    settings_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    response = api.post("/emails", json={"to": ["a@example.com"], "subject": "s", "text": "x"}, headers=AUTH)
+    assert response.status_code == 503
+    assert "cannot reach Redis" in response.json()["detail"]
+    assert api.get("/health").status_code == 503
