@@ -14,14 +14,18 @@ from tests.conftest import ROOT
 
 def test_every_celeryconfig_key_is_a_real_celery_setting() -> None:
     # Imported here, not at collection: it reads the settings the test run points at our servers.
-    import celeryconfig
     from celery.app.defaults import NAMESPACES
+
+    import celeryconfig
 
     known = {name for name, _ in flatten(NAMESPACES)}
     ours = {
         name
         for name, value in vars(celeryconfig).items()
-        if not name.startswith("_") and name.islower() and not callable(value) and not hasattr(value, "__file__")
+        if not name.startswith("_")
+        and name.islower()
+        and not callable(value)
+        and not hasattr(value, "__file__")
     }
     assert ours, "celeryconfig defines no settings"
     assert ours <= known, f"Celery ignores unknown keys: {sorted(ours - known)}"
@@ -41,8 +45,12 @@ def test_configuration_reaches_the_app() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("EMAIL_MAX_RETRIES", "lots"), ("SMTP_PORT", "99999"), ("REDIS_URL", "http://x"),
-     ("EMAIL_RETRY_BACKOFF", "-1")],
+    [
+        ("EMAIL_MAX_RETRIES", "lots"),
+        ("SMTP_PORT", "99999"),
+        ("REDIS_URL", "http://x"),
+        ("EMAIL_RETRY_BACKOFF", "-1"),
+    ],
 )
 @pytest.mark.parametrize(
     "command",
