@@ -117,5 +117,15 @@ def status(email_id: str) -> None:
     click.echo(json.dumps(record, indent=2))
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--local-only", is_flag=True, help="Allow running without credentials, bound to 127.0.0.1.")
+@click.pass_context
+def flower(ctx: click.Context, local_only: bool) -> None:
+    """Run Flower for this app; refuses to start without FLOWER_BASIC_AUTH unless --local-only."""
+    from neoforge.flower import run
+
+    sys.exit(run(local_only=local_only, extra_args=list(ctx.args)))
+
+
 if __name__ == "__main__":
     main()

@@ -196,8 +196,8 @@ class _Pool:
 _IDLE_SECONDS = 30.0
 _MESSAGES_PER_CONNECTION = 100
 _local = threading.local()
-# Every thread's loop and pool, so that shutdown can close them all.
-_threads: dict[int, tuple[asyncio.AbstractEventLoop, list[_Pool]]] = {}
+# Every thread's loop and pools, so that shutdown can close them all.
+_threads: list[tuple[asyncio.AbstractEventLoop | None, list[_Pool]]] = []
 _threads_lock = threading.Lock()
 
 
@@ -282,8 +282,11 @@ def _pool(settings: Settings) -> _Pool:
             pool.close_all()
         pool = _Pool(settings)
         _local.pool = pool
-        with _threads_lock:
-            _threads[threading.get_ident()][1].append(pool)
+        if getattr(_local, "pools", None) is None:
+            _local.pools = []  # a loop that is not ours: its owner closes it
+            with _threads_lock:
+                _threads.append((None, _local.pools))
+        _local.pools.append(pool)
     return pool
 
 
@@ -293,19 +296,21 @@ def run_in_worker_loop(coro: Any) -> Any:
     if loop is None or loop.is_closed():
         loop = asyncio.new_event_loop()
         _local.loop = loop
+        _local.pools = []
+        _local.pool = None
         with _threads_lock:
-            _threads[threading.get_ident()] = (loop, [])
+            _threads.append((loop, _local.pools))
     return loop.run_until_complete(coro)
 
 
 def close_connections() -> None:
     """Close every pooled SMTP connection and event loop of this process (at worker shutdown)."""
     with _threads_lock:
-        states = list(_threads.values())
+        states = list(_threads)
         _threads.clear()
     for loop, pools in states:
         for pool in pools:
             pool.close_all()
-        if not loop.is_running() and not loop.is_closed():
+        if loop is not None and not loop.is_running() and not loop.is_closed():
             loop.run_until_complete(asyncio.sleep(0))
             loop.close()
