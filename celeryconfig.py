@@ -42,6 +42,22 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 
+# Nothing lost, nothing hanging. A message taken by a worker that dies is
+# restored after the visibility timeout by a sweep every tenth of it, so a
+# crash delays an email by at most about 1.1 x the timeout. Countdowns longer
+# than a fifth of it never reach the broker (neoforge/scheduler.py), and a task
+# runs at most half of it, so a message is never restored while still in hand.
+_visibility = _settings.broker_visibility_timeout
+broker_transport_options = {
+    "visibility_timeout": _visibility,
+    "unacked_restore_interval": max(1, _visibility // 10),
+    "unacked_restore_throttle": 1,
+    "socket_timeout": 15.0,
+    "socket_connect_timeout": 5.0,
+}
+task_time_limit = _settings.email_task_time_limit
+task_publish_retry = True
+task_publish_retry_policy = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
 broker_connection_retry_on_startup = True
 broker_connection_timeout = 5.0
 redis_socket_connect_timeout = 5.0

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Annotated, Any
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -129,6 +131,21 @@ class EmailRequest(BaseModel):
     attachments: list[Attachment] = Field(
         default_factory=list, description="Files, base64-encoded; total size is limited."
     )
+    priority: Literal["transactional", "bulk"] = Field(
+        "transactional", description="transactional (resets, codes) is served ahead of bulk."
+    )
+    send_at: AwareDatetime | None = Field(
+        None, description="Send no earlier than this time (with a time zone; at most 30 days ahead)."
+    )
+    expires_at: AwareDatetime | None = Field(
+        None, description="Never send after this time: the email ends as expired instead."
+    )
+    idempotency_key: SingleLine | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The same key within the idempotency window returns the same id and queues nothing.",
+    )
 
     @field_validator("template")
     @classmethod
@@ -176,9 +193,18 @@ class EmailRequest(BaseModel):
             raise ValueError("give a template or a text/html body, not both")
         if self.template is None and self.context:
             raise ValueError("context is only used with a template")
-        limit = get_settings().email_max_recipients
+        settings = get_settings()
+        limit = settings.email_max_recipients
         if len(self.to) + len(self.cc) + len(self.bcc) > limit:
             raise ValueError(f"more than {limit} recipients (to + cc + bcc)")
+        now = datetime.now(UTC)
+        if self.send_at is not None and self.send_at > now + timedelta(days=settings.email_max_schedule_days):
+            raise ValueError(f"send_at is more than {settings.email_max_schedule_days} days ahead")
+        if self.expires_at is not None:
+            if self.expires_at <= now:
+                raise ValueError("expires_at is in the past")
+            if self.send_at is not None and self.expires_at <= self.send_at:
+                raise ValueError("expires_at is not after send_at")
         return self
 
     def recipients(self) -> list[str]:

@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     # How long a finished email's status stays readable.
     email_status_ttl: int = Field(7 * 24 * 3600, ge=60)
 
+    # Delivery guarantees. A message taken by a worker that dies comes back
+    # after the visibility timeout; nothing may stay in the broker longer than
+    # a fraction of it (see neoforge/scheduler.py), and a task may not run
+    # longer than half of it.
+    broker_visibility_timeout: int = Field(300, ge=2)
+    email_task_time_limit: int = Field(120, ge=1)
+    email_idempotency_window: int = Field(24 * 3600, ge=1)
+    email_max_schedule_days: int = Field(30, ge=1, le=365)
+    email_scheduler_interval: float = Field(1.0, gt=0, le=60)
+
     templates_dir: Path = _DEFAULT_TEMPLATES
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -82,6 +92,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.email_retry_backoff_max < self.email_retry_backoff:
             raise ValueError("EMAIL_RETRY_BACKOFF_MAX must be at least EMAIL_RETRY_BACKOFF")
+        if self.email_task_time_limit * 2 > self.broker_visibility_timeout:
+            raise ValueError("EMAIL_TASK_TIME_LIMIT must be at most half of BROKER_VISIBILITY_TIMEOUT")
         if self.smtp_starttls and self.smtp_ssl_tls:
             raise ValueError("SMTP_STARTTLS and SMTP_SSL_TLS cannot both be true")
         return self

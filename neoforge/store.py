@@ -1,19 +1,26 @@
-"""Where statuses are written: each email's record, payload and attempt timeline in Redis.
+"""Where statuses are written: each email's record, payload, timeline and delivery ledger in Redis.
 
 Keys (all under ``neoforge:``):
 
 - ``neoforge:email:{id}``          hash: status, attempts, last_error, timestamps, ...
 - ``neoforge:email:{id}:payload``  the validated request as JSON, until it is sent
-- ``neoforge:email:{id}:attempts`` list: one JSON entry per delivery attempt
-- ``neoforge:failed``              sorted set of failed email ids by time of failure
+- ``neoforge:email:{id}:attempts`` list: one JSON entry per delivery attempt (and requeue)
+- ``neoforge:email:{id}:lease``    who is sending it right now (expires on its own)
+- ``neoforge:failed``              sorted set: failed email ids by time of failure (dead letters)
+- ``neoforge:scheduled``           sorted set: email ids by the time they are due in the broker
+- ``neoforge:idem:{key}``          the email id queued under an idempotency key
 
 A record exists from the moment an id is handed out, so an id with no record
-was never queued: that is a 404, never Celery's ambiguous PENDING.
+was never queued: that is a 404, never Celery's ambiguous PENDING. The record
+is also the delivery ledger: once it says ``sent``, no redelivered or
+duplicate message sends the email again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -27,31 +34,87 @@ __all__ = ["ACTIVE", "TERMINAL", "Attempt", "StatusStore", "get_store", "now_iso
 
 PREFIX = "neoforge:"
 FAILED_INDEX = f"{PREFIX}failed"
+SCHEDULED = f"{PREFIX}scheduled"
 
 # Statuses from which a worker may (re)start delivery, and those it never leaves.
 ACTIVE = frozenset({"queued", "sending", "retrying"})
-TERMINAL = frozenset({"sent", "failed"})
+TERMINAL = frozenset({"sent", "failed", "expired"})
 
 Attempt = dict[str, Any]
 _Mapping = Any  # redis-py's stub wants an invariant key type that no plain dict has
 
-# Start an attempt atomically: a record that is missing or already finished is
-# reported back and left alone, so a stale or duplicate message sends nothing.
+# Record a new email. With an idempotency key already taken, nothing is
+# written and the earlier id is returned; a scheduled email is also entered
+# in the scheduled set. KEYS: record, payload, idem (or ""), scheduled set.
+# ARGV: id, payload, idem ttl, due score (or ""), then field/value pairs.
+_CREATE = """
+if KEYS[3] ~= '' then
+  if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'EX', ARGV[3]) then
+    return redis.call('GET', KEYS[3])
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('SET', KEYS[2], ARGV[2])
+if ARGV[4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1]) end
+return ARGV[1]
+"""
+
+# Start an attempt. Missing, finished, scheduled or expired emails are
+# reported and left alone; an email leased by another sender is reported with
+# the lease holder. KEYS: record, payload, lease.
+# ARGV: now (ISO), worker, lease value, lease ms, now (epoch), dead lease to break.
 _BEGIN = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', false, 0} end
 if status ~= 'queued' and status ~= 'sending' and status ~= 'retrying' then
   return {status, false, 0}
 end
+local expires = redis.call('HGET', KEYS[1], 'expires_ts')
+if expires and expires ~= '' and tonumber(expires) <= tonumber(ARGV[5]) then
+  redis.call('HSET', KEYS[1], 'status', 'expired', 'updated_at', ARGV[1], 'next_attempt_at', '')
+  redis.call('DEL', KEYS[2])
+  return {'expired', false, 0}
+end
+if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('DEL', KEYS[3]) end
+if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then
+  return {'leased', redis.call('GET', KEYS[3]), redis.call('PTTL', KEYS[3])}
+end
 redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[1], 'worker', ARGV[2])
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 return {'sending', redis.call('GET', KEYS[2]), n}
 """
 
+# Put a failed email back in the queue: attempts restart, history stays.
+# KEYS: record, attempts, failed index. ARGV: id, now (ISO), timeline entry.
+_REQUEUE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'updated_at', ARGV[2],
+           'requeued_at', ARGV[2], 'next_attempt_at', '')
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[3])
+return 1
+"""
+
+# A scheduled email is due: it becomes queued before it is published, so the
+# worker that receives it finds it ready. KEYS: record. ARGV: now (ISO).
+_RELEASE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+if status == 'scheduled' then
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', ARGV[1], 'next_attempt_at', '')
+  status = 'queued'
+end
+return {status, redis.call('HGET', KEYS[1], 'queue') or ''}
+"""
+
 
 def now_iso() -> str:
     """The current UTC time, ISO 8601 with microseconds."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return iso(datetime.now(UTC))
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def email_key(email_id: str) -> str:
@@ -66,53 +129,97 @@ def attempts_key(email_id: str) -> str:
     return f"{PREFIX}email:{email_id}:attempts"
 
 
+def lease_key(email_id: str) -> str:
+    return f"{PREFIX}email:{email_id}:lease"
+
+
+def idempotency_key(key: str) -> str:
+    # Hashed: the caller's key may be long or carry personal data.
+    return f"{PREFIX}idem:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 class StatusStore:
     """Reads and writes email records; every write is one atomic Redis round trip."""
 
     def __init__(self, client: redis.Redis, status_ttl: int) -> None:
         self.client = client
         self.status_ttl = status_ttl
+        self._create = client.register_script(_CREATE)
         self._begin = client.register_script(_BEGIN)
+        self._requeue = client.register_script(_REQUEUE)
+        self._release = client.register_script(_RELEASE)
 
-    def create(self, email_id: str, payload: str, fields: dict[str, str | int]) -> None:
-        """Record a new email as queued, with its payload."""
+    def create(
+        self,
+        email_id: str,
+        payload: str,
+        fields: dict[str, str | int],
+        *,
+        idempotency: tuple[str, int] | None = None,
+        due: float | None = None,
+    ) -> str:
+        """Record a new email (queued, or scheduled when DUE is given); return its id.
+
+        With an IDEMPOTENCY (key, seconds) already used, nothing is written and
+        the id recorded under that key is returned instead.
+        """
         now = now_iso()
         record: dict[str, str | int] = {
             "id": email_id,
-            "status": "queued",
+            "status": "scheduled" if due is not None else "queued",
             "attempts": 0,
             "created_at": now,
             "updated_at": now,
         }
         record.update(fields)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(email_key(email_id), mapping=cast(_Mapping, record))
-            pipe.set(payload_key(email_id), payload)
-            pipe.execute()
-
-    def discard(self, email_id: str) -> None:
-        """Remove every trace of an email that could not be queued."""
-        self.client.delete(email_key(email_id), payload_key(email_id), attempts_key(email_id))
-
-    def begin_attempt(self, email_id: str, worker: str) -> tuple[str, str | None, int]:
-        """Mark the email sending; return (status, payload, attempt number).
-
-        The status is ``sending`` when the caller should deliver; anything else
-        (``missing``, ``sent``, ``failed``) means there is nothing to do.
-        """
-        status, payload, attempt = self._begin(
-            keys=[email_key(email_id), payload_key(email_id)], args=[now_iso(), worker]
+        flat = [item for pair in record.items() for item in pair]
+        idem_key, ttl = (idempotency_key(idempotency[0]), idempotency[1]) if idempotency else ("", 0)
+        result = self._create(
+            keys=[email_key(email_id), payload_key(email_id), idem_key, SCHEDULED],
+            args=[email_id, payload, ttl, "" if due is None else due, *flat],
         )
-        return str(status), payload if payload else None, int(attempt)
+        return str(result)
 
-    def record_attempt(self, email_id: str, attempt: Attempt) -> None:
-        """Append one attempt to the email's timeline."""
-        self.client.rpush(attempts_key(email_id), json.dumps(attempt, separators=(",", ":")))
+    def discard(self, email_id: str, idempotency: str | None = None) -> None:
+        """Remove every trace of an email that could not be queued."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(email_key(email_id), payload_key(email_id), attempts_key(email_id))
+            pipe.zrem(SCHEDULED, email_id)
+            pipe.execute()
+        if idempotency is not None:
+            key = idempotency_key(idempotency)
+            if self.client.get(key) == email_id:
+                self.client.delete(key)
+
+    def begin_attempt(
+        self, email_id: str, worker: str, lease: str, lease_seconds: float, break_lease: str = ""
+    ) -> tuple[str, str | None, int]:
+        """Take the email's lease and mark it sending; return (status, payload or holder, number).
+
+        ``sending`` means deliver now (the payload is returned). ``leased``
+        means another sender holds the lease: the holder and the lease's
+        remaining milliseconds are returned. Anything else (``missing``,
+        ``sent``, ``failed``, ``expired``, ``scheduled``) means nothing to do.
+        """
+        status, payload, number = self._begin(
+            keys=[email_key(email_id), payload_key(email_id), lease_key(email_id)],
+            args=[now_iso(), worker, lease, int(lease_seconds * 1000), time.time(), break_lease],
+        )
+        return str(status), payload if payload else None, int(number)
+
+    def release_lease(self, email_id: str, lease: str) -> None:
+        """Give up the lease if we still hold it."""
+        if self.client.get(lease_key(email_id)) == lease:
+            self.client.delete(lease_key(email_id))
 
     def mark_retrying(self, email_id: str, attempt: Attempt, next_attempt_at: str) -> None:
         """The attempt failed transiently; another is scheduled."""
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.rpush(attempts_key(email_id), json.dumps(attempt, separators=(",", ":")))
+            pipe.rpush(attempts_key(email_id), _json(attempt))
             pipe.hset(
                 email_key(email_id),
                 mapping={
@@ -124,6 +231,7 @@ class StatusStore:
                     "next_attempt_at": next_attempt_at,
                 },
             )
+            pipe.delete(lease_key(email_id))
             pipe.execute()
 
     def mark_sent(self, email_id: str, attempt: Attempt, refused: list[dict[str, Any]]) -> None:
@@ -135,11 +243,11 @@ class StatusStore:
             "next_attempt_at": "",
         }
         if refused:
-            fields["refused"] = json.dumps(refused, separators=(",", ":"))
+            fields["refused"] = _json(refused)
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.rpush(attempts_key(email_id), json.dumps(attempt, separators=(",", ":")))
             pipe.hset(email_key(email_id), mapping=cast(_Mapping, fields))
-            pipe.delete(payload_key(email_id))
+            pipe.rpush(attempts_key(email_id), _json(attempt))
+            pipe.delete(payload_key(email_id), lease_key(email_id))
             pipe.expire(email_key(email_id), self.status_ttl)
             pipe.expire(attempts_key(email_id), self.status_ttl)
             pipe.execute()
@@ -147,7 +255,7 @@ class StatusStore:
     def mark_failed(self, email_id: str, attempt: Attempt) -> None:
         """Delivery gave up: keep the record and payload (no expiry) in the dead-letter index."""
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.rpush(attempts_key(email_id), json.dumps(attempt, separators=(",", ":")))
+            pipe.rpush(attempts_key(email_id), _json(attempt))
             pipe.hset(
                 email_key(email_id),
                 mapping={
@@ -160,8 +268,45 @@ class StatusStore:
                     "next_attempt_at": "",
                 },
             )
-            pipe.zadd(FAILED_INDEX, {email_id: datetime.now(UTC).timestamp()})
+            pipe.zadd(FAILED_INDEX, {email_id: time.time()})
+            pipe.delete(lease_key(email_id))
             pipe.execute()
+
+    def requeue(self, email_id: str) -> bool:
+        """Turn a failed email back into a queued one (the caller publishes it); False if not failed."""
+        now = now_iso()
+        entry = {"attempt": 0, "started_at": now, "finished_at": now, "duration_ms": 0,
+                 "worker": "", "outcome": "requeued"}  # fmt: skip
+        done = self._requeue(
+            keys=[email_key(email_id), attempts_key(email_id), FAILED_INDEX], args=[email_id, now, _json(entry)]
+        )
+        return bool(done)
+
+    def schedule(self, email_id: str, due: float, next_attempt_at: str | None = None) -> None:
+        """Hold the email in Redis until DUE (epoch seconds); the scheduler publishes it then."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zadd(SCHEDULED, {email_id: due})
+            if next_attempt_at is not None:
+                pipe.hset(email_key(email_id), "next_attempt_at", next_attempt_at)
+            pipe.execute()
+
+    def due(self, now: float, limit: int = 500) -> list[str]:
+        """Scheduled ids whose time has come, oldest first."""
+        return [str(i) for i in self.client.zrangebyscore(SCHEDULED, "-inf", now, start=0, num=limit)]
+
+    def release(self, email_id: str) -> tuple[str, str] | None:
+        """Mark a due email queued (if it was scheduled); return (status, queue), None if it is gone."""
+        found = self._release(keys=[email_key(email_id)], args=[now_iso()])
+        return (str(found[0]), str(found[1])) if found else None
+
+    def unschedule(self, email_id: str) -> None:
+        self.client.zrem(SCHEDULED, email_id)
+
+    def failed(self, limit: int, before: float | None = None) -> list[tuple[str, float]]:
+        """Failed email ids with their failure time, newest first, older than BEFORE if given."""
+        top = f"({before}" if before is not None else "+inf"
+        rows = self.client.zrevrangebyscore(FAILED_INDEX, top, "-inf", start=0, num=limit, withscores=True)
+        return [(str(member), float(score)) for member, score in rows]
 
     def get(self, email_id: str) -> dict[str, Any] | None:
         """The record with its timeline, or None if the id was never queued."""
@@ -172,19 +317,28 @@ class StatusStore:
         if not record:
             return None
         result: dict[str, Any] = dict(record)
+        result.pop("expires_ts", None)
         result["attempts"] = int(record.get("attempts", 0))
         result["refused"] = json.loads(record["refused"]) if record.get("refused") else []
         result["timeline"] = [json.loads(item) for item in attempts]
         return result
 
 
+_stores: dict[tuple[int, int], StatusStore] = {}
+
+
 def get_store() -> StatusStore:
-    """The store for the configured Redis."""
+    """The store for the configured Redis (one per client and TTL)."""
     settings = get_settings()
-    return StatusStore(get_redis(settings.redis_url), settings.email_status_ttl)
+    client = get_redis(settings.redis_url)
+    key = (id(client), settings.email_status_ttl)
+    store = _stores.get(key)
+    if store is None or store.client is not client:
+        store = _stores[key] = StatusStore(client, settings.email_status_ttl)
+    return store
 
 
-def unavailable(exc: redis.RedisError) -> QueueUnavailable:
+def unavailable(exc: redis.RedisError | OSError) -> QueueUnavailable:
     """A QueueUnavailable naming the Redis URL (password hidden)."""
     url = safe_url(get_settings().redis_url)
     return QueueUnavailable(f"cannot reach Redis at {url}: {type(exc).__name__}")

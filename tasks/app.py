@@ -11,11 +11,13 @@ from celery.signals import setup_logging, worker_process_shutdown, worker_shutdo
 from neoforge.delivery import close_connections
 from neoforge.logs import configure_logging
 from neoforge.settings import get_settings
+from tasks.scheduling import SchedulerStep
 
 __all__ = ["app", "close_broker_connections"]
 
 app = Celery("neoforge")
 app.config_from_object("celeryconfig")
+app.steps["worker"].add(SchedulerStep)
 
 
 @setup_logging.connect

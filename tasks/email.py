@@ -2,13 +2,16 @@
 
 Queueing validates the email, writes its record and payload to Redis, and
 publishes a message that carries only the email id (so Flower, the broker and
-the result backend never hold addresses or bodies). The worker loads the
-payload, renders, sends, and writes every status change.
+the result backend never hold addresses or bodies). The worker takes the
+email's lease, loads the payload, renders, sends, and writes every status
+change; the record doubles as the delivery ledger, so a redelivered message
+for a sent email sends nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 import uuid
@@ -18,26 +21,29 @@ from typing import Any
 import jinja2
 import redis
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, TimeLimitExceeded
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 
 from neoforge.backoff import retry_delay
-from neoforge.delivery import build_message, deliver, run_in_worker_loop
+from neoforge.delivery import Accepted, build_message, deliver, run_in_worker_loop
 from neoforge.enqueue import check_renders, validate
-from neoforge.errors import PermanentDeliveryError, TransientDeliveryError
+from neoforge.errors import PermanentDeliveryError, QueueUnavailable, TransientDeliveryError
 from neoforge.logs import log_event
 from neoforge.message import EmailRequest
 from neoforge.redact import mask_addresses
+from neoforge.scheduler import max_broker_delay
 from neoforge.settings import get_settings
-from neoforge.store import Attempt, get_store, now_iso, unavailable
+from neoforge.store import Attempt, StatusStore, get_store, iso, now_iso, unavailable
 from neoforge.templates import Rendered, render
 from tasks.app import app
 
 __all__ = ["EmailTask", "send_email"]
 
 logger = logging.getLogger(__name__)
+
+_PUBLISH_ERRORS = (OperationalError, redis.RedisError, OSError)
 
 
 class EmailTask(Task):  # type: ignore[misc]
@@ -47,43 +53,90 @@ class EmailTask(Task):  # type: ignore[misc]
         self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> AsyncResult:
         if args and len(args) == 1 and not kwargs:
-            # An email that already has a record: Celery's retry, or a requeue.
-            return super().apply_async(args, None, **options)
+            # An email that already has a record: Celery's retry, a requeue, a release.
+            return self._publish(str(args[0]), options)
         if args:
             raise TypeError("send_email takes keyword arguments only: send_email.delay(to=[...], ...)")
         request = validate(kwargs or {})
-        return self.enqueue(request, **options)
+        return self.enqueue(request, checked=True, **options)
+
+    def _publish(self, email_id: str, options: dict[str, Any]) -> AsyncResult:
+        settings = get_settings()
+        delay = options.get("countdown") or 0.0
+        if options.get("eta") is not None:
+            delay = (options["eta"] - datetime.now(UTC)).total_seconds()
+        if delay > max_broker_delay(settings):
+            # Too long for the broker (see neoforge/scheduler.py): Redis holds it.
+            due = time.time() + delay
+            get_store().schedule(email_id, due, iso(datetime.fromtimestamp(due, UTC)))
+            return self.AsyncResult(email_id)
+        options["task_id"] = email_id
+        try:
+            return super().apply_async((email_id,), None, **options)
+        except _PUBLISH_ERRORS as exc:
+            raise unavailable(exc if isinstance(exc, redis.RedisError | OSError) else OSError(str(exc))) from exc
 
     def enqueue(self, request: EmailRequest, *, checked: bool = False, **options: Any) -> AsyncResult:
-        """Record REQUEST as queued and publish it; raise QueueUnavailable if Redis is down.
+        """Record REQUEST and publish it (or hold it until ``send_at``); return its result handle.
 
         Nothing is left behind on failure: the record is written before the
         message is published (so the status is ``queued`` the moment the id
-        exists) and removed again if the publish fails.
+        exists) and removed again if the publish fails. With an
+        ``idempotency_key`` seen within the window, the earlier id is returned
+        and nothing new is queued. Raises QueueUnavailable if Redis is down.
         """
         if not checked:
             check_renders(request)
+        settings = get_settings()
         email_id = str(uuid.uuid4())
-        store = get_store()
+        queue = options.pop("queue", None) or request.priority
         fields: dict[str, str | int] = {
             "template": request.template or "",
             "recipients": len(request.recipients()),
-            "queue": options.get("queue") or "transactional",
+            "queue": queue,
+            "priority": request.priority,
         }
+        if request.expires_at is not None:
+            fields["expires_at"] = iso(request.expires_at)
+            fields["expires_ts"] = repr(request.expires_at.timestamp())
+        due = None
+        if request.send_at is not None and request.send_at.timestamp() > time.time():
+            due = request.send_at.timestamp()
+            fields["send_at"] = fields["next_attempt_at"] = iso(request.send_at)
+        idempotency = (
+            (request.idempotency_key, settings.email_idempotency_window) if request.idempotency_key else None
+        )
+        store = get_store()
         try:
-            store.create(email_id, request.model_dump_json(), fields)
+            recorded = store.create(email_id, request.model_dump_json(), fields, idempotency=idempotency, due=due)
         except redis.RedisError as exc:
             raise unavailable(exc) from exc
-        try:
-            result = super().apply_async((email_id,), None, task_id=email_id, **options)
-        except (OperationalError, redis.RedisError, OSError) as exc:
+        if recorded != email_id:
+            log_event(logger, "email.duplicate", id=recorded)
+            return self.AsyncResult(recorded)
+        if due is None:
             try:
-                store.discard(email_id)
-            except redis.RedisError:
-                logger.warning("email.discard_failed", extra={"fields": {"id": email_id}})
-            raise unavailable(exc if isinstance(exc, redis.RedisError) else redis.ConnectionError()) from exc
-        log_event(logger, "email.queued", id=email_id, template=request.template, queue=fields["queue"])
-        return result
+                self._publish(email_id, {**options, "queue": queue})
+            except QueueUnavailable:
+                try:
+                    store.discard(email_id, request.idempotency_key)
+                except redis.RedisError:
+                    log_event(logger, "email.discard_failed", logging.WARNING, id=email_id)
+                raise
+        log_event(logger, "email.queued", id=email_id, template=request.template, queue=queue,
+                  scheduled=due is not None)  # fmt: skip
+        return self.AsyncResult(email_id)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, TimeLimitExceeded):
+            # The pool killed the task: we cannot know how far the SMTP
+            # dialogue got, so a person decides (requeue) rather than risk a
+            # second copy.
+            attempt: Attempt = {"attempt": 0, "started_at": now_iso(), "finished_at": now_iso(),
+                                "duration_ms": 0, "worker": self.request.hostname or "", "outcome": "failed",
+                                "error": f"task time limit exceeded ({exc})", "error_class": "time_limit"}  # fmt: skip
+            get_store().mark_failed(task_id, attempt)
+            log_event(logger, "email.failed", logging.WARNING, id=task_id, error_class="time_limit")
 
 
 def _attempt(number: int, started: str, t0: float, worker: str, outcome: str, **extra: Any) -> Attempt:
@@ -104,13 +157,62 @@ def _body(request: EmailRequest) -> Rendered:
     return Rendered(html=request.html, text=request.text)
 
 
+def _holder_is_dead(holder: str) -> bool:
+    """True when the lease HOLDER ("host|pid|token") is a process on this host that no longer runs."""
+    host, _, rest = holder.partition("|")
+    pid = rest.partition("|")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    # A zombie (a killed pool child not yet reaped) is dead too.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def _record_sent(store: StatusStore, email_id: str, attempt: Attempt, accepted: Accepted) -> None:
+    # The server has the message: from here on, a retry would send it twice.
+    # Keep trying to write the ledger for a while; if Redis stays away, the
+    # message is still acknowledged (the email was delivered) and the gap is logged.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            store.mark_sent(email_id, attempt, accepted.refused)
+            return
+        except redis.RedisError as exc:
+            if time.monotonic() > deadline:
+                log_event(logger, "email.sent_unrecorded", logging.ERROR, id=email_id, reason=type(exc).__name__)
+                return
+            time.sleep(0.5)
+
+
 @app.task(bind=True, base=EmailTask, name="neoforge.send_email", max_retries=None)
 def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
     """Deliver the email EMAIL_ID; retry transient failures, dead-letter permanent ones."""
     settings = get_settings()
     store = get_store()
     worker = self.request.hostname or socket.gethostname()
-    status, payload, number = store.begin_attempt(email_id, worker)
+    lease = f"{socket.gethostname()}|{os.getpid()}|{uuid.uuid4().hex}"
+    lease_seconds = settings.email_task_time_limit + 15
+    try:
+        status, payload, number = store.begin_attempt(email_id, worker, lease, lease_seconds)
+        if status == "leased" and payload is not None and _holder_is_dead(payload):
+            # Its sender was killed (a pool child, say): take over at once.
+            status, payload, number = store.begin_attempt(email_id, worker, lease, lease_seconds, payload)
+    except redis.RedisError as exc:
+        raise Reject(exc, requeue=True) from exc
+    if status == "leased":
+        # Someone else is sending it right now. Look again once their lease
+        # is over: by then it is sent, or their sender is gone.
+        log_event(logger, "email.leased", id=email_id)
+        raise self.retry(countdown=max(1.0, number / 1000))
     if status != "sending" or payload is None:
         log_event(logger, "email.skipped", id=email_id, status=status)
         return {"id": email_id, "status": status, "skipped": True}
@@ -129,53 +231,34 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
         details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
         if number > settings.email_max_retries:
             store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details))
-            log_event(
-                logger,
-                "email.failed",
-                logging.WARNING,
-                id=email_id,
-                attempt=number,
-                smtp_code=exc.code,
-                error_class=exc.error_class,
-                reason="retries exhausted",
-            )
+            log_event(logger, "email.failed", logging.WARNING, id=email_id, attempt=number,
+                      smtp_code=exc.code, error_class=exc.error_class, reason="retries exhausted")  # fmt: skip
             raise
         delay = retry_delay(number, settings.email_retry_backoff, settings.email_retry_backoff_max)
-        next_at = (datetime.now(UTC) + timedelta(seconds=delay)).isoformat().replace("+00:00", "Z")
+        next_at = iso(datetime.now(UTC) + timedelta(seconds=delay))
         attempt = _attempt(number, started, t0, worker, "retry", retry_in=round(delay, 3), **details)
-        store.mark_retrying(email_id, attempt, next_at)
-        log_event(
-            logger,
-            "email.retrying",
-            id=email_id,
-            attempt=number,
-            smtp_code=exc.code,
-            error_class=exc.error_class,
-            retry_in=round(delay, 3),
-        )
+        try:
+            store.mark_retrying(email_id, attempt, next_at)
+        except redis.RedisError as rexc:
+            raise Reject(rexc, requeue=True) from exc
+        log_event(logger, "email.retrying", id=email_id, attempt=number, smtp_code=exc.code,
+                  error_class=exc.error_class, retry_in=round(delay, 3))  # fmt: skip
         try:
             raise self.retry(exc=exc, countdown=delay) from exc
         except Reject as rejected:
             # Celery turns a failed re-publish into Reject(requeue=False), which
-            # would drop the email: put the message back instead.
+            # would drop the email: hand the message back instead (if Redis is
+            # down too, it stays unacknowledged and comes back after the
+            # visibility timeout).
             raise Reject(rejected.reason, requeue=True) from exc
     except PermanentDeliveryError as exc:
         details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
         store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details))
-        log_event(
-            logger,
-            "email.failed",
-            logging.WARNING,
-            id=email_id,
-            attempt=number,
-            smtp_code=exc.code,
-            error_class=exc.error_class,
-        )
+        log_event(logger, "email.failed", logging.WARNING, id=email_id, attempt=number,
+                  smtp_code=exc.code, error_class=exc.error_class)  # fmt: skip
         raise
     except redis.RedisError as exc:
-        # The status store is unreachable: hand the message back rather than
-        # acknowledge it; if Redis is down too, it stays unacknowledged and
-        # the transport restores it after the visibility timeout.
+        # Redis went away before anything was sent: hand the message back.
         log_event(logger, "email.requeued", logging.WARNING, id=email_id, reason=type(exc).__name__)
         raise Reject(exc, requeue=True) from exc
     except Exception as exc:
@@ -185,13 +268,7 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
         store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details))
         raise
     attempt = _attempt(number, started, t0, worker, "sent", smtp_reply=mask_addresses(accepted.reply[:200]))
-    store.mark_sent(email_id, attempt, accepted.refused)
-    log_event(
-        logger,
-        "email.sent",
-        id=email_id,
-        attempt=number,
-        duration_ms=attempt["duration_ms"],
-        refused=len(accepted.refused),
-    )
+    _record_sent(store, email_id, attempt, accepted)
+    log_event(logger, "email.sent", id=email_id, attempt=number, duration_ms=attempt["duration_ms"],
+              refused=len(accepted.refused))  # fmt: skip
     return {"id": email_id, "status": "sent", "attempt": number}

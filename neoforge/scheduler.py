@@ -1,0 +1,90 @@
+"""Emails held in Redis until they are due: scheduled sends and long retry delays.
+
+The Redis transport redelivers any message that stays unacknowledged longer
+than the visibility timeout, and a Celery countdown is held unacknowledged by
+the worker until it is due: a countdown longer than the timeout would be
+delivered again and again. So the broker only ever holds short delays
+(``max_broker_delay``); longer ones wait in the ``neoforge:scheduled`` sorted
+set, which every worker's scheduler thread sweeps, one worker at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import redis
+
+from neoforge.errors import QueueUnavailable
+from neoforge.logs import log_event
+from neoforge.redis_client import get_redis
+from neoforge.settings import Settings, get_settings
+from neoforge.store import PREFIX, TERMINAL, get_store
+
+__all__ = ["Scheduler", "max_broker_delay"]
+
+logger = logging.getLogger(__name__)
+
+_LOCK = f"{PREFIX}scheduler:lock"
+
+
+def max_broker_delay(settings: Settings) -> float:
+    """The longest countdown left to the broker: a fifth of the visibility timeout."""
+    return settings.broker_visibility_timeout / 5
+
+
+class Scheduler:
+    """Publishes due emails; PUBLISH(email_id, queue) sends the message."""
+
+    def __init__(self, publish: Callable[[str, str], None]) -> None:
+        self.publish = publish
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def release_due(self) -> int:
+        """Publish every due email, if no other scheduler is doing so; return how many."""
+        settings = get_settings()
+        client = get_redis(settings.redis_url)
+        hold_ms = int(max(5.0, settings.email_scheduler_interval * 5) * 1000)
+        if not client.set(_LOCK, self.token, nx=True, px=hold_ms):
+            return 0
+        store = get_store()
+        released = 0
+        try:
+            for email_id in store.due(time.time()):
+                found = store.release(email_id)
+                if found is None or found[0] in TERMINAL:
+                    store.unschedule(email_id)
+                    continue
+                # Publish first, then forget: a crash in between publishes it
+                # twice, and the delivery ledger makes the second a no-op.
+                self.publish(email_id, found[1] or "transactional")
+                store.unschedule(email_id)
+                released += 1
+                log_event(logger, "email.released", id=email_id)
+        finally:
+            if client.get(_LOCK) == self.token:
+                client.delete(_LOCK)
+        return released
+
+    def run(self) -> None:
+        """Sweep until stopped; Redis being down only delays the next sweep."""
+        interval = get_settings().email_scheduler_interval
+        while not self._stop.wait(interval):
+            try:
+                self.release_due()
+            except (redis.RedisError, OSError, QueueUnavailable) as exc:
+                log_event(logger, "scheduler.unavailable", logging.WARNING, reason=type(exc).__name__)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="neoforge-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
