@@ -6,20 +6,21 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import redis
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from neoforge.errors import ConfigurationError, InvalidEmail, QueueUnavailable
+from neoforge.deadletters import list_failed, requeue, requeue_all
+from neoforge.errors import ConfigurationError, EmailNotFound, InvalidEmail, QueueUnavailable
 from neoforge.logs import configure_logging, log_event
 from neoforge.message import EmailRequest
 from neoforge.redis_client import close_all, get_redis, safe_url
-from neoforge.schemas import EmailStatus, Health, Problem, Queued
+from neoforge.schemas import EmailPage, EmailStatus, Health, Problem, Queued, Requeued, RequeueFilter
 from neoforge.settings import get_settings
 from neoforge.store import get_store
 
@@ -68,7 +69,8 @@ def queue_email(request: EmailRequest) -> Queued:
     from tasks import send_email
 
     result = send_email.enqueue(request)
-    return Queued(id=result.id)
+    record = get_store().get(result.id)
+    return Queued(id=result.id, status=record["status"] if record else "queued")
 
 
 @emails.get(
@@ -85,6 +87,70 @@ def email_status(email_id: str) -> EmailStatus:
         raise QueueUnavailable("cannot reach Redis") from exc
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no email with this id")
+    return _status(record)
+
+
+@emails.get(
+    "",
+    response_model=EmailPage,
+    summary="List failed (dead-letter) emails",
+    responses={422: {"description": "Unsupported status filter."}},
+)
+def list_emails(
+    status_filter: Annotated[Literal["failed"], Query(alias="status", description="Only failed is listed.")],
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[
+        float | None, Query(description="Cursor from next_before of the previous page.")
+    ] = None,
+) -> EmailPage:
+    """Failed emails, newest first, paged with ``before``."""
+    try:
+        records, cursor = list_failed(limit, before)
+    except redis.RedisError as exc:
+        raise QueueUnavailable("cannot reach Redis") from exc
+    items = [_status(record) for record in records]
+    return EmailPage(items=items, next_before=cursor)
+
+
+@emails.post(
+    "/requeue",
+    response_model=Requeued,
+    summary="Requeue all failed emails",
+)
+def requeue_failed(body: RequeueFilter) -> Requeued:
+    """Requeue every failed email, optionally only one error class or those failed before a time."""
+    before = body.failed_before.timestamp() if body.failed_before else None
+    try:
+        count = requeue_all(body.error_class, before)
+    except redis.RedisError as exc:
+        raise QueueUnavailable("cannot reach Redis") from exc
+    return Requeued(requeued=count)
+
+
+@emails.post(
+    "/{email_id}/requeue",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Queued,
+    summary="Requeue one failed email",
+    responses={
+        404: {"model": Problem, "description": "No email was ever queued under this id."},
+        409: {"model": Problem, "description": "The email is not failed."},
+    },
+)
+def requeue_one(email_id: str) -> Queued:
+    """Send a failed email again under the same id; attempts restart, history is kept."""
+    try:
+        done = requeue(email_id)
+    except EmailNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no email with this id") from None
+    except redis.RedisError as exc:
+        raise QueueUnavailable("cannot reach Redis") from exc
+    if not done:
+        raise HTTPException(status.HTTP_409_CONFLICT, "only a failed email can be requeued")
+    return Queued(id=email_id)
+
+
+def _status(record: dict[str, Any]) -> EmailStatus:
     return EmailStatus.model_validate({k: v for k, v in record.items() if v != ""})
 
 

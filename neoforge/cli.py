@@ -62,8 +62,9 @@ def dev(
 @click.option("--text", help="Plain-text body.")
 @click.option("--html", help="HTML body.")
 @click.option(
-    "--queue", type=click.Choice(["transactional", "bulk"]), default="transactional", show_default=True
+    "--priority", type=click.Choice(["transactional", "bulk"]), default="transactional", show_default=True
 )
+@click.option("--idempotency-key", help="Queue at most once per key within the idempotency window.")
 def send(
     to: tuple[str, ...],
     cc: tuple[str, ...],
@@ -73,11 +74,16 @@ def send(
     context_json: str | None,
     text: str | None,
     html: str | None,
-    queue: str,
+    priority: str,
+    idempotency_key: str | None,
 ) -> None:
     """Queue an email and print its id."""
     _settings()
-    fields: dict[str, Any] = {"to": list(to), "cc": list(cc), "bcc": list(bcc), "subject": subject}
+    fields: dict[str, Any] = {
+        "to": list(to), "cc": list(cc), "bcc": list(bcc), "subject": subject, "priority": priority,
+    }  # fmt: skip
+    if idempotency_key:
+        fields["idempotency_key"] = idempotency_key
     if template:
         fields["template"] = template
         try:
@@ -91,7 +97,7 @@ def send(
     from tasks import send_email
 
     try:
-        result = send_email.apply_async(kwargs=fields, queue=queue)
+        result = send_email.apply_async(kwargs=fields)
     except InvalidEmail as exc:
         raise click.ClickException(f"invalid email: {exc}") from None
     except QueueUnavailable as exc:
@@ -115,6 +121,59 @@ def status(email_id: str) -> None:
     if record is None:
         raise click.ClickException(f"no email with id {email_id}")
     click.echo(json.dumps(record, indent=2))
+
+
+@main.command()
+@click.option("--limit", default=50, show_default=True)
+def failed(limit: int) -> None:
+    """List failed emails (dead letters), newest first: id, time, error class, last error."""
+    _settings()
+    import redis
+
+    from neoforge.deadletters import list_failed
+    from neoforge.store import unavailable
+
+    try:
+        records, _ = list_failed(limit)
+    except redis.RedisError as exc:
+        raise click.ClickException(str(unavailable(exc))) from None
+    for record in records:
+        click.echo(
+            f"{record['id']}  {record.get('failed_at', '')}  {record.get('error_class', '')}  "
+            f"{record.get('last_error', '')}"
+        )
+    click.echo(f"{len(records)} failed email(s) shown", err=True)
+
+
+@main.command()
+@click.argument("email_id", required=False)
+@click.option("--all", "all_", is_flag=True, help="Requeue every failed email.")
+@click.option("--error-class", help="With --all: only this error class (e.g. smtp_4xx).")
+def requeue(email_id: str | None, all_: bool, error_class: str | None) -> None:
+    """Send failed emails again under the same id: one ID, or --all."""
+    _settings()
+    import redis
+
+    from neoforge.deadletters import requeue as requeue_one
+    from neoforge.deadletters import requeue_all
+    from neoforge.errors import EmailNotFound
+    from neoforge.store import unavailable
+
+    if bool(email_id) == all_:
+        raise click.UsageError("give one email id, or --all")
+    try:
+        if all_:
+            click.echo(f"requeued {requeue_all(error_class)} email(s)")
+            return
+        if email_id and not requeue_one(email_id):
+            raise click.ClickException(f"email {email_id} is not failed")
+    except EmailNotFound:
+        raise click.ClickException(f"no email with id {email_id}") from None
+    except (redis.RedisError, QueueUnavailable) as exc:
+        raise click.ClickException(
+            str(exc if isinstance(exc, QueueUnavailable) else unavailable(exc))
+        ) from None
+    click.echo(f"requeued {email_id}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

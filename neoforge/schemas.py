@@ -4,18 +4,31 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
-__all__ = ["AttemptRecord", "EmailStatus", "Health", "Problem", "Queued", "RefusedRecipient"]
+__all__ = [
+    "AttemptRecord",
+    "EmailPage",
+    "EmailStatus",
+    "Health",
+    "Problem",
+    "Queued",
+    "RefusedRecipient",
+    "RequeueFilter",
+    "Requeued",
+]
 
-Status = Literal["queued", "sending", "retrying", "sent", "failed"]
+Status = Literal["scheduled", "queued", "sending", "retrying", "sent", "failed", "expired"]
 
 
 class Queued(BaseModel):
-    """The email was accepted and queued under ``id``."""
+    """The email was accepted under ``id``: queued, or scheduled for ``send_at``.
+
+    With a repeated idempotency key, ``id`` and ``status`` are the earlier email's.
+    """
 
     id: str = Field(description="The email id (also the Celery task id).")
-    status: Literal["queued"] = "queued"
+    status: Status = "queued"
 
 
 class RefusedRecipient(BaseModel):
@@ -34,7 +47,7 @@ class AttemptRecord(BaseModel):
     finished_at: str
     duration_ms: float
     worker: str = Field(description="Celery hostname of the worker that tried.")
-    outcome: Literal["sent", "retry", "failed"]
+    outcome: Literal["sent", "retry", "failed", "requeued"]
     smtp_code: int | None = Field(None, description="The SMTP reply code, when the server gave one.")
     error: str | None = None
     error_class: str | None = None
@@ -59,6 +72,10 @@ class EmailStatus(BaseModel):
     failed_at: str | None = None
     next_attempt_at: str | None = None
     template: str | None = None
+    priority: str | None = None
+    send_at: str | None = None
+    expires_at: str | None = None
+    requeued_at: str | None = None
     recipients: int = Field(0, description="Number of envelope recipients.")
     queue: str | None = None
     refused: list[RefusedRecipient] = Field(default_factory=list)
@@ -76,3 +93,25 @@ class Problem(BaseModel):
     """An error response."""
 
     detail: str
+
+
+class EmailPage(BaseModel):
+    """One page of emails, newest first."""
+
+    items: list[EmailStatus]
+    next_before: float | None = Field(
+        None, description="Pass as ``before`` for the next page; null at the end."
+    )
+
+
+class RequeueFilter(BaseModel):
+    """Which failed emails to requeue; empty means all."""
+
+    error_class: str | None = Field(None, description="Only this error class, e.g. smtp_4xx or connection.")
+    failed_before: AwareDatetime | None = Field(None, description="Only emails that failed before this time.")
+
+
+class Requeued(BaseModel):
+    """How many failed emails were queued again."""
+
+    requeued: int

@@ -30,7 +30,7 @@ from neoforge.errors import QueueUnavailable
 from neoforge.redis_client import get_redis, safe_url
 from neoforge.settings import get_settings
 
-__all__ = ["ACTIVE", "TERMINAL", "Attempt", "StatusStore", "get_store", "now_iso"]
+__all__ = ["ACTIVE", "TERMINAL", "Attempt", "StatusStore", "event", "get_store", "now_iso"]
 
 PREFIX = "neoforge:"
 FAILED_INDEX = f"{PREFIX}failed"
@@ -115,6 +115,22 @@ def now_iso() -> str:
 
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def event(outcome: str, error: str = "", error_class: str = "", worker: str = "") -> Attempt:
+    """A timeline entry for something that was not a delivery attempt (requeue, time limit)."""
+    now = now_iso()
+    entry: Attempt = {
+        "attempt": 0,
+        "started_at": now,
+        "finished_at": now,
+        "duration_ms": 0,
+        "worker": worker,
+        "outcome": outcome,
+    }
+    if error:
+        entry.update(error=error, error_class=error_class)
+    return entry
 
 
 def email_key(email_id: str) -> str:
@@ -275,10 +291,17 @@ class StatusStore:
     def requeue(self, email_id: str) -> bool:
         """Turn a failed email back into a queued one (the caller publishes it); False if not failed."""
         now = now_iso()
-        entry = {"attempt": 0, "started_at": now, "finished_at": now, "duration_ms": 0,
-                 "worker": "", "outcome": "requeued"}  # fmt: skip
+        entry = {
+            "attempt": 0,
+            "started_at": now,
+            "finished_at": now,
+            "duration_ms": 0,
+            "worker": "",
+            "outcome": "requeued",
+        }
         done = self._requeue(
-            keys=[email_key(email_id), attempts_key(email_id), FAILED_INDEX], args=[email_id, now, _json(entry)]
+            keys=[email_key(email_id), attempts_key(email_id), FAILED_INDEX],
+            args=[email_id, now, _json(entry)],
         )
         return bool(done)
 
@@ -306,7 +329,7 @@ class StatusStore:
         """Failed email ids with their failure time, newest first, older than BEFORE if given."""
         top = f"({before}" if before is not None else "+inf"
         rows = self.client.zrevrangebyscore(FAILED_INDEX, top, "-inf", start=0, num=limit, withscores=True)
-        return [(str(member), float(score)) for member, score in rows]
+        return [(str(member), float(score)) for member, score in cast(list[tuple[str, float]], rows)]
 
     def get(self, email_id: str) -> dict[str, Any] | None:
         """The record with its timeline, or None if the id was never queued."""

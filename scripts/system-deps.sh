@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs: promtool (package prometheus) for the
-# alert-rule tests. Installed only when missing; no daemon is left running.
+# alert-rule tests, and chromium for the Flower browser test (Playwright drives
+# /usr/bin/chromium; `playwright install` cannot download a browser here).
+# Installed only when missing; no daemon is left running.
 set -euo pipefail
 
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

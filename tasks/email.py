@@ -35,7 +35,7 @@ from neoforge.message import EmailRequest
 from neoforge.redact import mask_addresses
 from neoforge.scheduler import max_broker_delay
 from neoforge.settings import get_settings
-from neoforge.store import Attempt, StatusStore, get_store, iso, now_iso, unavailable
+from neoforge.store import Attempt, StatusStore, event, get_store, iso, now_iso, unavailable
 from neoforge.templates import Rendered, render
 from tasks.app import app
 
@@ -74,7 +74,9 @@ class EmailTask(Task):  # type: ignore[misc]
         try:
             return super().apply_async((email_id,), None, **options)
         except _PUBLISH_ERRORS as exc:
-            raise unavailable(exc if isinstance(exc, redis.RedisError | OSError) else OSError(str(exc))) from exc
+            raise unavailable(
+                exc if isinstance(exc, redis.RedisError | OSError) else OSError(str(exc))
+            ) from exc
 
     def enqueue(self, request: EmailRequest, *, checked: bool = False, **options: Any) -> AsyncResult:
         """Record REQUEST and publish it (or hold it until ``send_at``); return its result handle.
@@ -108,7 +110,9 @@ class EmailTask(Task):  # type: ignore[misc]
         )
         store = get_store()
         try:
-            recorded = store.create(email_id, request.model_dump_json(), fields, idempotency=idempotency, due=due)
+            recorded = store.create(
+                email_id, request.model_dump_json(), fields, idempotency=idempotency, due=due
+            )
         except redis.RedisError as exc:
             raise unavailable(exc) from exc
         if recorded != email_id:
@@ -123,8 +127,14 @@ class EmailTask(Task):  # type: ignore[misc]
                 except redis.RedisError:
                     log_event(logger, "email.discard_failed", logging.WARNING, id=email_id)
                 raise
-        log_event(logger, "email.queued", id=email_id, template=request.template, queue=queue,
-                  scheduled=due is not None)  # fmt: skip
+        log_event(
+            logger,
+            "email.queued",
+            id=email_id,
+            template=request.template,
+            queue=queue,
+            scheduled=due is not None,
+        )
         return self.AsyncResult(email_id)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
@@ -132,10 +142,10 @@ class EmailTask(Task):  # type: ignore[misc]
             # The pool killed the task: we cannot know how far the SMTP
             # dialogue got, so a person decides (requeue) rather than risk a
             # second copy.
-            attempt: Attempt = {"attempt": 0, "started_at": now_iso(), "finished_at": now_iso(),
-                                "duration_ms": 0, "worker": self.request.hostname or "", "outcome": "failed",
-                                "error": f"task time limit exceeded ({exc})", "error_class": "time_limit"}  # fmt: skip
-            get_store().mark_failed(task_id, attempt)
+            error = f"task time limit exceeded ({exc})"
+            get_store().mark_failed(
+                task_id, event("failed", error, "time_limit", self.request.hostname or "")
+            )
             log_event(logger, "email.failed", logging.WARNING, id=task_id, error_class="time_limit")
 
 
@@ -188,7 +198,9 @@ def _record_sent(store: StatusStore, email_id: str, attempt: Attempt, accepted: 
             return
         except redis.RedisError as exc:
             if time.monotonic() > deadline:
-                log_event(logger, "email.sent_unrecorded", logging.ERROR, id=email_id, reason=type(exc).__name__)
+                log_event(
+                    logger, "email.sent_unrecorded", logging.ERROR, id=email_id, reason=type(exc).__name__
+                )
                 return
             time.sleep(0.5)
 
@@ -231,8 +243,16 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
         details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
         if number > settings.email_max_retries:
             store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details))
-            log_event(logger, "email.failed", logging.WARNING, id=email_id, attempt=number,
-                      smtp_code=exc.code, error_class=exc.error_class, reason="retries exhausted")  # fmt: skip
+            log_event(
+                logger,
+                "email.failed",
+                logging.WARNING,
+                id=email_id,
+                attempt=number,
+                smtp_code=exc.code,
+                error_class=exc.error_class,
+                reason="retries exhausted",
+            )
             raise
         delay = retry_delay(number, settings.email_retry_backoff, settings.email_retry_backoff_max)
         next_at = iso(datetime.now(UTC) + timedelta(seconds=delay))
@@ -241,8 +261,15 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
             store.mark_retrying(email_id, attempt, next_at)
         except redis.RedisError as rexc:
             raise Reject(rexc, requeue=True) from exc
-        log_event(logger, "email.retrying", id=email_id, attempt=number, smtp_code=exc.code,
-                  error_class=exc.error_class, retry_in=round(delay, 3))  # fmt: skip
+        log_event(
+            logger,
+            "email.retrying",
+            id=email_id,
+            attempt=number,
+            smtp_code=exc.code,
+            error_class=exc.error_class,
+            retry_in=round(delay, 3),
+        )
         try:
             raise self.retry(exc=exc, countdown=delay) from exc
         except Reject as rejected:
@@ -254,8 +281,15 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
     except PermanentDeliveryError as exc:
         details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
         store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details))
-        log_event(logger, "email.failed", logging.WARNING, id=email_id, attempt=number,
-                  smtp_code=exc.code, error_class=exc.error_class)  # fmt: skip
+        log_event(
+            logger,
+            "email.failed",
+            logging.WARNING,
+            id=email_id,
+            attempt=number,
+            smtp_code=exc.code,
+            error_class=exc.error_class,
+        )
         raise
     except redis.RedisError as exc:
         # Redis went away before anything was sent: hand the message back.
@@ -269,6 +303,12 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
         raise
     attempt = _attempt(number, started, t0, worker, "sent", smtp_reply=mask_addresses(accepted.reply[:200]))
     _record_sent(store, email_id, attempt, accepted)
-    log_event(logger, "email.sent", id=email_id, attempt=number, duration_ms=attempt["duration_ms"],
-              refused=len(accepted.refused))  # fmt: skip
+    log_event(
+        logger,
+        "email.sent",
+        id=email_id,
+        attempt=number,
+        duration_ms=attempt["duration_ms"],
+        refused=len(accepted.refused),
+    )
     return {"id": email_id, "status": "sent", "attempt": number}

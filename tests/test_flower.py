@@ -1,0 +1,214 @@
+"""``neoforge flower``: no start without credentials; with them, a browser sees our tasks and no content.
+
+Real processes only: ``celery -A tasks worker`` and ``neoforge flower`` as subprocesses, headless
+Chromium (the Debian package, driven by Playwright) as the operator's browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from neoforge.processes import free_port, start, stop, wait_until
+from tests.conftest import ROOT, celery_cli, wait_for_status
+
+USER = "ops"
+PASSWORD = "flower-test-password-0123"
+# Two pairs, as compose configures it (people + Prometheus): both must work.
+BASIC_AUTH = f"{USER}:{PASSWORD},metrics:another-password-4567"
+RECIPIENT = "flower-check@example.com"
+BODY = "Your one-time code is 918273; nobody at Flower should read it."
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]  # fmt: skip
+SCREENSHOT = ROOT / "test-artifacts" / "flower-task.png"
+
+
+def _env(**changes: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    for key, value in changes.items():
+        if value is not None:
+            env[key] = value
+    return env
+
+
+def _flower_command(port: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "neoforge.cli", "flower", f"--port={port}", "--address=127.0.0.1", *extra]
+
+
+def _get(url: str, credentials: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    if credentials is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """IPv4 addresses with a socket listening on PORT, from /proc/net/tcp."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
+@pytest.fixture(scope="module")
+def flower_worker(tmp_path_factory: pytest.TempPathFactory, environment: dict[str, str]) -> Iterator[str]:
+    """``celery -A tasks worker`` (events on, from celeryconfig) under a unique name."""
+    hostname = f"flower-{os.getpid()}@neoforge-tests"
+    log = tmp_path_factory.mktemp("flower-worker") / "worker.log"
+    process = celery_cli(
+        "worker", "--loglevel", "INFO", "--pool", "solo", "--hostname", hostname, env=environment, log=log
+    )
+    yield hostname
+    stop(process)
+    assert "@example.com" not in log.read_text()
+
+
+@pytest.fixture(scope="module")
+def flower(
+    tmp_path_factory: pytest.TempPathFactory, environment: dict[str, str], flower_worker: str
+) -> Iterator[str]:
+    """``neoforge flower`` with credentials, once it sees the worker online; yields its base URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("flower") / "flower.log"
+    process = start(
+        _flower_command(port), env=_env(**environment, FLOWER_BASIC_AUTH=BASIC_AUTH), log=log, cwd=ROOT
+    )
+    try:
+        wait_until(lambda: _get(f"{url}/healthcheck")[0] == 200, 30, "Flower")
+
+        def worker_online() -> bool:
+            status, body = _get(f"{url}/api/workers?status=1", f"{USER}:{PASSWORD}")
+            return status == 200 and json.loads(body).get(flower_worker) is True
+
+        # Tasks reach Flower only as events: it must be listening before an email is sent.
+        wait_until(worker_online, 30, f"worker {flower_worker} in Flower", interval=0.2)
+        yield url
+    finally:
+        stop(process)
+    text = log.read_text()
+    assert PASSWORD not in text
+    assert "@example.com" not in text
+
+
+def _refused(auth: str | None, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _flower_command(free_port(), *extra), env=_env(FLOWER_BASIC_AUTH=auth),
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [(None, "is not set"), ("", "is not set"), (f"{USER}:short-pass", "shorter than 12"),
+     (f"{USER}:{PASSWORD},:no-user-password-1", "pair 2"), ("justaname", "not user:password")],
+)  # fmt: skip
+def test_refuses_to_start_without_valid_credentials(value: str | None, reason: str) -> None:
+    refused = _refused(value)
+    assert refused.returncode == 2
+    [line] = refused.stderr.strip().splitlines()
+    assert "FLOWER_BASIC_AUTH" in line and reason in line
+    assert "short-pass" not in line and PASSWORD not in line
+
+
+def test_refuses_credentials_on_the_command_line() -> None:
+    refused = _refused(BASIC_AUTH, f"--basic-auth={USER}:{PASSWORD}")
+    assert refused.returncode == 2
+    assert "FLOWER_BASIC_AUTH" in refused.stderr
+
+
+def test_local_only_runs_without_auth_on_loopback_only(tmp_path: Path, environment: dict[str, str]) -> None:
+    port = free_port()
+    log = tmp_path / "flower.log"
+    # Both ways of asking for every interface lose to --local-only.
+    command = [sys.executable, "-m", "neoforge.cli", "flower", "--local-only", f"--port={port}"]
+    command.append("--address=0.0.0.0")
+    process = start(command, env=_env(**environment, FLOWER_ADDRESS="0.0.0.0"), log=log, cwd=ROOT)
+    try:
+        wait_until(lambda: _get(f"http://127.0.0.1:{port}/healthcheck")[0] == 200, 30, "Flower")
+        assert _listening_addresses(port) == {"127.0.0.1"}
+        assert _get(f"http://127.0.0.1:{port}/")[0] == 200
+    finally:
+        stop(process)
+    assert "listening on 127.0.0.1 only, WITHOUT auth" in log.read_text()
+
+
+@pytest.mark.parametrize("path", ["/", "/tasks", "/api/workers"])
+def test_pages_need_the_right_credentials(flower: str, path: str) -> None:
+    assert _get(flower + path)[0] == 401
+    assert _get(flower + path, f"{USER}:wrong-password-0000")[0] == 401
+    assert _get(flower + path, f"intruder:{PASSWORD}")[0] == 401
+    assert _get(flower + path, f"{USER}:{PASSWORD}")[0] == 200
+    assert _get(flower + path, "metrics:another-password-4567")[0] == 200
+
+
+def test_browser_sees_the_task_but_not_the_email(flower: str, flower_worker: str) -> None:
+    from tasks import send_email
+
+    email_id = send_email.delay(to=[RECIPIENT], subject="Flower check", text=BODY).id
+    wait_for_status(email_id, {"sent"}, timeout=30)
+
+    def flower_saw_success() -> bool:
+        status, body = _get(f"{flower}/api/task/info/{email_id}", f"{USER}:{PASSWORD}")
+        return status == 200 and json.loads(body)["state"] == "SUCCESS"
+
+    # The store says sent; Flower learns it from the worker's events a moment later.
+    wait_until(flower_saw_success, 15, f"task {email_id} SUCCESS in Flower", interval=0.2)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(
+                base_url=flower,
+                http_credentials={"username": USER, "password": PASSWORD},
+                viewport={"width": 1280, "height": 800},
+            )
+            page = context.new_page()
+            page.set_default_timeout(15_000)
+            page.goto("/tasks")
+            # Rows arrive from /tasks/datatable after the page loads; DataTables ids them by uuid.
+            row = page.locator(f'#tasks-table tr[id="{email_id}"]')
+            row.wait_for(state="visible")
+            assert "SUCCESS" in row.inner_text()
+            _assert_no_content(page.content())
+
+            row.locator(f'a[href$="/task/{email_id}"]').click()
+            page.wait_for_url(f"**/task/{email_id}")
+            text = page.locator("body").inner_text()
+            assert email_id in text
+            assert page.locator(".badge", has_text="SUCCESS").count() == 1
+            assert flower_worker in text
+            _assert_no_content(page.content())
+
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=SCREENSHOT, full_page=True)
+        finally:
+            browser.close()
+    assert SCREENSHOT.stat().st_size > 0
+
+
+def _assert_no_content(html: str) -> None:
+    # A task message carries only the email id: no address, no body in args, kwargs or result.
+    assert RECIPIENT not in html
+    assert BODY not in html
+    assert "918273" not in html
