@@ -20,6 +20,7 @@ import redis
 
 from neoforge.errors import QueueUnavailable
 from neoforge.logs import log_event
+from neoforge.recovery import sweep_lost
 from neoforge.redis_client import get_redis
 from neoforge.settings import Settings, get_settings
 from neoforge.store import PREFIX, TERMINAL, get_store
@@ -29,6 +30,7 @@ __all__ = ["Scheduler", "max_broker_delay"]
 logger = logging.getLogger(__name__)
 
 _LOCK = f"{PREFIX}scheduler:lock"
+_RECOVERY_LOCK = f"{PREFIX}recovery:lock"
 
 
 def max_broker_delay(settings: Settings) -> float:
@@ -71,12 +73,30 @@ class Scheduler:
                 client.delete(_LOCK)
         return released
 
+    def recover_lost(self) -> int:
+        """Publish again emails whose message was lost (neoforge/recovery.py), one worker at a time."""
+        settings = get_settings()
+        client = get_redis(settings.redis_url)
+        visibility = settings.broker_visibility_timeout
+        # Kombu restores abandoned messages after the visibility timeout plus
+        # one sweep: give it that chance first.
+        grace = visibility + max(1, visibility // 10) + 5
+        if not client.set(_RECOVERY_LOCK, self.token, nx=True, px=int(grace * 500)):
+            return 0
+        return sweep_lost(get_store(), grace, self.publish)
+
     def run(self) -> None:
         """Sweep until stopped; Redis being down only delays the next sweep."""
-        interval = get_settings().email_scheduler_interval
+        settings = get_settings()
+        interval = settings.email_scheduler_interval
+        recovery_every = max(1.0, settings.broker_visibility_timeout / 4)
+        last_recovery = time.monotonic()
         while not self._stop.wait(interval):
             try:
                 self.release_due()
+                if time.monotonic() - last_recovery >= recovery_every:
+                    last_recovery = time.monotonic()
+                    self.recover_lost()
             except (redis.RedisError, OSError, QueueUnavailable) as exc:
                 log_event(logger, "scheduler.unavailable", logging.WARNING, reason=type(exc).__name__)
 

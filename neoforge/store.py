@@ -8,6 +8,7 @@ Keys (all under ``neoforge:``):
 - ``neoforge:email:{id}:lease``    who is sending it right now (expires on its own)
 - ``neoforge:failed``              sorted set: failed email ids by time of failure (dead letters)
 - ``neoforge:scheduled``           sorted set: email ids by the time they are due in the broker
+- ``neoforge:pending``             sorted set: published, unfinished email ids by time of publishing
 - ``neoforge:idem:{key}``          the email id queued under an idempotency key
 
 A record exists from the moment an id is handed out, so an id with no record
@@ -35,6 +36,7 @@ __all__ = ["ACTIVE", "TERMINAL", "Attempt", "StatusStore", "event", "get_store",
 PREFIX = "neoforge:"
 FAILED_INDEX = f"{PREFIX}failed"
 SCHEDULED = f"{PREFIX}scheduled"
+PENDING = f"{PREFIX}pending"
 
 # Statuses from which a worker may (re)start delivery, and those it never leaves.
 ACTIVE = frozenset({"queued", "sending", "retrying"})
@@ -44,8 +46,9 @@ Attempt = dict[str, Any]
 _Mapping = Any  # redis-py's stub wants an invariant key type that no plain dict has
 
 # Record a new email. With an idempotency key already taken, nothing is
-# written and the earlier id is returned; a scheduled email is also entered
-# in the scheduled set. KEYS: record, payload, idem (or ""), scheduled set.
+# written and the earlier id is returned; a scheduled email is entered in the
+# scheduled set, any other in the pending index (it is about to be published).
+# KEYS: record, payload, idem (or ""), scheduled set, pending index.
 # ARGV: id, payload, idem ttl, due score (or ""), then field/value pairs.
 _CREATE = """
 if KEYS[3] ~= '' then
@@ -55,7 +58,14 @@ if KEYS[3] ~= '' then
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('SET', KEYS[2], ARGV[2])
-if ARGV[4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1]) end
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+else
+  local now = redis.call('TIME')
+  local ts = now[1] + now[2] / 1000000
+  redis.call('HSET', KEYS[1], 'published_ts', ts)
+  redis.call('ZADD', KEYS[5], ts, ARGV[1])
+end
 return ARGV[1]
 """
 
@@ -73,6 +83,7 @@ local expires = redis.call('HGET', KEYS[1], 'expires_ts')
 if expires and expires ~= '' and tonumber(expires) <= tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'status', 'expired', 'updated_at', ARGV[1], 'next_attempt_at', '')
   redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[4], ARGV[7])
   return {'expired', false, 0}
 end
 if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('DEL', KEYS[3]) end
@@ -195,7 +206,7 @@ class StatusStore:
         flat = [item for pair in record.items() for item in pair]
         idem_key, ttl = (idempotency_key(idempotency[0]), idempotency[1]) if idempotency else ("", 0)
         result = self._create(
-            keys=[email_key(email_id), payload_key(email_id), idem_key, SCHEDULED],
+            keys=[email_key(email_id), payload_key(email_id), idem_key, SCHEDULED, PENDING],
             args=[email_id, payload, ttl, "" if due is None else due, *flat],
         )
         return str(result)
@@ -222,8 +233,8 @@ class StatusStore:
         ``sent``, ``failed``, ``expired``, ``scheduled``) means nothing to do.
         """
         status, payload, number = self._begin(
-            keys=[email_key(email_id), payload_key(email_id), lease_key(email_id)],
-            args=[now_iso(), worker, lease, int(lease_seconds * 1000), time.time(), break_lease],
+            keys=[email_key(email_id), payload_key(email_id), lease_key(email_id), PENDING],
+            args=[now_iso(), worker, lease, int(lease_seconds * 1000), time.time(), break_lease, email_id],
         )
         return str(status), payload if payload else None, int(number)
 
@@ -264,6 +275,7 @@ class StatusStore:
             pipe.hset(email_key(email_id), mapping=cast(_Mapping, fields))
             pipe.rpush(attempts_key(email_id), _json(attempt))
             pipe.delete(payload_key(email_id), lease_key(email_id))
+            pipe.zrem(PENDING, email_id)
             pipe.expire(email_key(email_id), self.status_ttl)
             pipe.expire(attempts_key(email_id), self.status_ttl)
             pipe.execute()
@@ -285,6 +297,7 @@ class StatusStore:
                 },
             )
             pipe.zadd(FAILED_INDEX, {email_id: time.time()})
+            pipe.zrem(PENDING, email_id)
             pipe.delete(lease_key(email_id))
             pipe.execute()
 
@@ -311,6 +324,14 @@ class StatusStore:
             pipe.zadd(SCHEDULED, {email_id: due})
             if next_attempt_at is not None:
                 pipe.hset(email_key(email_id), "next_attempt_at", next_attempt_at)
+            pipe.execute()
+
+    def published(self, email_id: str) -> None:
+        """A message for the email was just published: it is pending from now."""
+        now = time.time()
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(email_key(email_id), "published_ts", repr(now))
+            pipe.zadd(PENDING, {email_id: now})
             pipe.execute()
 
     def due(self, now: float, limit: int = 500) -> list[str]:
@@ -341,6 +362,7 @@ class StatusStore:
             return None
         result: dict[str, Any] = dict(record)
         result.pop("expires_ts", None)
+        result.pop("published_ts", None)
         result["attempts"] = int(record.get("attempts", 0))
         result["refused"] = json.loads(record["refused"]) if record.get("refused") else []
         result["timeline"] = [json.loads(item) for item in attempts]

@@ -10,6 +10,7 @@ for a sent email sends nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -62,6 +63,8 @@ class EmailTask(Task):  # type: ignore[misc]
 
     def _publish(self, email_id: str, options: dict[str, Any]) -> AsyncResult:
         settings = get_settings()
+        # The first publish is already in the pending index (store.create).
+        first = options.pop("first_publish", False)
         delay = options.get("countdown") or 0.0
         if options.get("eta") is not None:
             delay = (options["eta"] - datetime.now(UTC)).total_seconds()
@@ -72,11 +75,16 @@ class EmailTask(Task):  # type: ignore[misc]
             return self.AsyncResult(email_id)
         options["task_id"] = email_id
         try:
-            return super().apply_async((email_id,), None, **options)
+            result = super().apply_async((email_id,), None, **options)
         except _PUBLISH_ERRORS as exc:
             raise unavailable(
                 exc if isinstance(exc, redis.RedisError | OSError) else OSError(str(exc))
             ) from exc
+        if not first:
+            # If this fails the message is out anyway; the recovery sweep merely looks later.
+            with contextlib.suppress(redis.RedisError):
+                get_store().published(email_id)
+        return result
 
     def enqueue(self, request: EmailRequest, *, checked: bool = False, **options: Any) -> AsyncResult:
         """Record REQUEST and publish it (or hold it until ``send_at``); return its result handle.
@@ -120,7 +128,7 @@ class EmailTask(Task):  # type: ignore[misc]
             return self.AsyncResult(recorded)
         if due is None:
             try:
-                self._publish(email_id, {**options, "queue": queue})
+                self._publish(email_id, {**options, "queue": queue, "first_publish": True})
             except QueueUnavailable:
                 try:
                     store.discard(email_id, request.idempotency_key)
@@ -212,7 +220,7 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
     store = get_store()
     worker = self.request.hostname or socket.gethostname()
     lease = f"{socket.gethostname()}|{os.getpid()}|{uuid.uuid4().hex}"
-    lease_seconds = settings.email_task_time_limit + 15
+    lease_seconds = settings.email_task_time_limit + 5
     try:
         status, payload, number = store.begin_attempt(email_id, worker, lease, lease_seconds)
         if status == "leased" and payload is not None and _holder_is_dead(payload):

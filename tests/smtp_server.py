@@ -11,6 +11,7 @@ import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -38,8 +39,10 @@ class RecordingHandler:
         self.data_replies: deque[str] = deque()
         self.rcpt_replies: dict[str, str] = {}
         self.data_delay = 0.0
+        self.rcpt_delay = 0.0
         self.drop_after_data = 0
         self.connections = 0
+        self.data_hook: Callable[[], None] | None = None
 
     def reset(self) -> None:
         with self.lock:
@@ -47,8 +50,10 @@ class RecordingHandler:
             self.data_replies.clear()
             self.rcpt_replies.clear()
             self.data_delay = 0.0
+            self.rcpt_delay = 0.0
             self.drop_after_data = 0
             self.connections = 0
+            self.data_hook = None
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -61,6 +66,8 @@ class RecordingHandler:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
+        if self.rcpt_delay:
+            await asyncio.sleep(self.rcpt_delay)
         reply = self.rcpt_replies.get(address)
         if reply:
             return reply
@@ -72,6 +79,8 @@ class RecordingHandler:
             await asyncio.sleep(self.data_delay)
         with self.lock:
             reply = self.data_replies.popleft() if self.data_replies else None
+        if self.data_hook is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.data_hook)
         if reply:
             return reply
         raw = envelope.original_content or envelope.content
@@ -88,6 +97,15 @@ class RecordingHandler:
             server.transport.close()
             return "250 never seen"
         return "250 Message accepted for delivery"
+
+    def deliveries(self) -> dict[str, int]:
+        """How many times each email id (from Message-ID) reached this server."""
+        counts: dict[str, int] = {}
+        with self.lock:
+            for received in self.messages:
+                email_id = str(received.message["Message-ID"]).strip("<>").split("@")[0].split(".")[-1]
+                counts[email_id] = counts.get(email_id, 0) + 1
+        return counts
 
     def by_subject(self, subject: str) -> list[Received]:
         with self.lock:

@@ -1,0 +1,287 @@
+"""Fault tests with real processes: workers killed, Redis restarted or cut off, SMTP down or cut.
+
+Workers here are the real ``celery -A tasks worker`` (prefork) on a queue of
+their own, with a 10 s visibility timeout so that abandoned messages come
+back within seconds. Deliveries are counted per email id at the SMTP server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from neoforge.processes import free_port, stop, wait_until
+from tests.conftest import RedisServer, celery_cli, wait_for_status
+from tests.smtp_server import SmtpServer
+from tests.tcp_proxy import TcpProxy
+
+VISIBILITY = 10
+FAULT_ENV = {
+    "BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY),
+    "EMAIL_TASK_TIME_LIMIT": "4",
+    "EMAIL_SCHEDULER_INTERVAL": "0.2",
+    "EMAIL_MAX_RETRIES": "10",
+}
+
+StartWorker = Callable[..., subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def start_cli_worker(tmp_path: Path, environment: dict[str, str]) -> Iterator[StartWorker]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(queue: str, concurrency: int = 2, **env: str) -> subprocess.Popen[bytes]:
+        name = f"w{len(started)}-{uuid.uuid4().hex[:6]}"
+        process = celery_cli(
+            "worker", "--loglevel", "INFO", "--pool", "prefork", "--concurrency", str(concurrency),
+            "-Q", queue, "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle",
+            env={**environment, **FAULT_ENV, **env}, log=tmp_path / f"{name}.log",
+        )  # fmt: skip
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        stop(process, timeout=20)
+
+
+def _queue() -> str:
+    return f"faults-{uuid.uuid4().hex[:8]}"
+
+
+def _statuses(client: redis.Redis, ids: list[str]) -> list[str]:
+    with client.pipeline(transaction=False) as pipe:
+        for email_id in ids:
+            pipe.hget(f"neoforge:email:{email_id}", "status")
+        return [str(s) for s in pipe.execute()]
+
+
+def _all_sent(client: redis.Redis, ids: list[str], timeout: float) -> None:
+    last: list[str] = []
+
+    def done() -> bool:
+        nonlocal last
+        last = _statuses(client, ids)
+        return all(s == "sent" for s in last)
+
+    try:
+        wait_until(done, timeout, "every email sent", interval=0.2)
+    except TimeoutError:
+        raise AssertionError({s: last.count(s) for s in set(last)}) from None
+
+
+def _queue_emails(queue: str, count: int, subject: str) -> list[str]:
+    from tasks import send_email
+
+    return [
+        send_email.apply_async(
+            kwargs={"to": [f"f{i}@example.com"], "subject": subject, "text": "x"}, queue=queue
+        ).id
+        for i in range(count)
+    ]
+
+
+def test_worker_killed_mid_send_loses_nothing(
+    start_cli_worker: StartWorker, smtp_server: SmtpServer, redis_client: redis.Redis
+) -> None:
+    queue = _queue()
+    smtp_server.handler.rcpt_delay = 0.5  # emails are in flight, before the server has them
+    first = start_cli_worker(queue)
+    ids = _queue_emails(queue, 12, "kill group")
+    wait_until(lambda: _statuses(redis_client, ids).count("sending") >= 2, 30, "emails in flight")
+    killed_at = time.time()
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+
+    smtp_server.handler.rcpt_delay = 0.0
+    start_cli_worker(queue)
+    _all_sent(redis_client, ids, timeout=VISIBILITY * 1.5 + 15)
+
+    counts = smtp_server.handler.deliveries()
+    assert sorted(counts) == sorted(ids)
+    duplicates = {i: n for i, n in counts.items() if n > 1}
+    # The one window we document: the server took the message, the ledger
+    # was not yet written when the worker died.
+    for email_id in duplicates:
+        first_copy = min(m.at for m in smtp_server.handler.messages if email_id in m.message["Message-ID"])
+        assert killed_at - 1.0 <= first_copy <= killed_at, (email_id, first_copy, killed_at)
+    print(f"\nkill -9 of a worker group: {len(ids)} emails, {len(duplicates)} duplicates")
+
+
+def test_killed_pool_child_is_retried_at_once(
+    start_cli_worker: StartWorker, smtp_server: SmtpServer, redis_client: redis.Redis
+) -> None:
+    queue = _queue()
+    smtp_server.handler.rcpt_delay = 1.0
+    start_cli_worker(queue)
+    [email_id] = _queue_emails(queue, 1, "kill child")
+    wait_for_status(email_id, {"sending"}, timeout=30)
+    holder = redis_client.get(f"neoforge:email:{email_id}:lease")
+    assert holder is not None
+    pid = int(holder.split("|")[1])
+    smtp_server.handler.rcpt_delay = 0.0
+    killed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    record = wait_for_status(email_id, {"sent", "failed"}, timeout=VISIBILITY)
+    assert record["status"] == "sent"
+    assert time.monotonic() - killed_at < VISIBILITY / 2  # at once, not after the visibility timeout
+    assert record["attempts"] == 2
+    assert smtp_server.handler.deliveries() == {email_id: 1}
+
+
+def test_redis_restart_loses_nothing(
+    start_cli_worker: StartWorker, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "redis-restart")
+    server.start()
+    try:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        queue = _queue()
+        env = {"REDIS_URL": server.url, "EMAIL_RETRY_BACKOFF": "2", "EMAIL_RETRY_BACKOFF_MAX": "4"}
+        smtp_server.handler.data_replies.extend(["451 4.3.0 later"] * 4)
+        smtp_server.handler.rcpt_delay = 0.1
+        # Queue from another process: this one's Celery app is bound to the session's Redis.
+        script = (
+            "import sys; from tasks import send_email; "
+            f"[print(send_email.apply_async(kwargs={{'to': ['r{{}}@example.com'.format(i)], "
+            f"'subject': 'restart', 'text': 'x'}}, queue='{queue}').id) for i in range(20)]"
+        )
+        out = subprocess.run([sys.executable, "-c", script], env={**os.environ, **env}, capture_output=True,
+                             text=True, timeout=60, check=True)  # fmt: skip
+        ids = out.stdout.split()
+        assert len(ids) == 20
+        start_cli_worker(queue, **env)
+        wait_until(lambda: _statuses(client, ids).count("retrying") >= 2, 30, "retries scheduled")
+        waiting = client.llen(queue)
+        client.shutdown()  # SHUTDOWN: fsync the append-only file, then exit
+        assert server.process is not None
+        server.process.wait(10)
+        server.process = None
+        server.start()  # same port, same data folder
+        smtp_server.handler.rcpt_delay = 0.0
+        _all_sent(client, ids, timeout=VISIBILITY * 2 + 20)
+        assert smtp_server.handler.deliveries() == dict.fromkeys(ids, 1)
+        print(f"\nRedis restart: {len(ids)} emails ({waiting} waiting at the restart), none lost, none twice")
+        client.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.usefixtures("worker")
+def test_smtp_outage_longer_than_two_backoffs(settings_env: Any, redis_client: redis.Redis) -> None:
+    from tasks import send_email
+
+    port = free_port()
+    settings_env(SMTP_PORT=str(port), EMAIL_RETRY_BACKOFF="0.2", EMAIL_RETRY_BACKOFF_MAX="0.4",
+                 EMAIL_MAX_RETRIES="20")  # fmt: skip
+    ids = [send_email.delay(to=["o@example.com"], subject="outage", text="x").id for _ in range(5)]
+
+    def retried_twice() -> bool:
+        return all(int(redis_client.hget(f"neoforge:email:{i}", "attempts") or 0) >= 3 for i in ids)
+
+    wait_until(retried_twice, 30, "two retries each")
+    server = SmtpServer(port)
+    server.start()
+    try:
+        _all_sent(redis_client, ids, timeout=30)
+        assert server.handler.deliveries() == dict.fromkeys(ids, 1)
+        for email_id in ids:
+            record = wait_for_status(email_id, {"sent"})
+            assert record["attempts"] >= 3
+            assert [a["outcome"] for a in record["timeline"]][-1] == "sent"
+            assert {a["error_class"] for a in record["timeline"][:-1]} == {"connection"}
+    finally:
+        server.stop()
+
+
+@pytest.mark.usefixtures("worker")
+def test_connection_cut_after_data_is_never_silently_resent(smtp_server: SmtpServer) -> None:
+    from tasks import send_email
+
+    smtp_server.handler.drop_after_data = 1
+    email_id = send_email.delay(to=["cut@example.com"], subject="cut", text="x").id
+    record = wait_for_status(email_id, {"sent", "failed"})
+    assert record["status"] == "failed"
+    assert record["error_class"] == "outcome_unknown"
+    assert record["attempts"] == 1
+    time.sleep(0.5)  # a wrong automatic retry would arrive in this time
+    assert smtp_server.handler.deliveries() == {email_id: 1}
+
+
+def test_two_workers_compete_for_a_thousand_emails(
+    start_cli_worker: StartWorker, smtp_server: SmtpServer, redis_client: redis.Redis
+) -> None:
+    queue = _queue()
+    start_cli_worker(queue)
+    start_cli_worker(queue)
+    ids = _queue_emails(queue, 1000, "compete")
+    _all_sent(redis_client, ids, timeout=180)
+    counts = smtp_server.handler.deliveries()
+    assert len(counts) == 1000 and set(counts.values()) == {1}
+    with redis_client.pipeline(transaction=False) as pipe:
+        for email_id in ids:
+            pipe.hget(f"neoforge:email:{email_id}", "worker")
+        workers = {str(w).split("-")[0] for w in pipe.execute()}
+    assert len(workers) == 2, workers  # both did work
+
+
+def test_redis_unreachable_while_scheduling_a_retry(
+    start_cli_worker: StartWorker,
+    smtp_server: SmtpServer,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+) -> None:
+    proxy = TcpProxy(free_port(), redis_server.port)
+    proxy.start()
+    try:
+        queue = _queue()
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        start_cli_worker(queue, REDIS_URL=url, EMAIL_RETRY_BACKOFF="0.5", EMAIL_RETRY_BACKOFF_MAX="1")
+        cut_once = []
+
+        def cut_redis() -> None:
+            # The 451 is about to go out: the worker's next step is to record
+            # the retry and re-publish, and Redis is now out of reach.
+            if not cut_once:
+                cut_once.append(time.monotonic())
+                proxy.cut()
+
+        smtp_server.handler.data_replies.append("451 4.3.0 later")
+        smtp_server.handler.data_hook = cut_redis
+        [email_id] = _queue_emails(queue, 1, "cut redis")
+        wait_until(lambda: bool(cut_once), 30, "the retry")
+        smtp_server.handler.data_hook = None
+        time.sleep(1.0)  # Redis stays away for a while, then comes back
+        proxy.restore()
+        record = wait_for_status(email_id, {"sent"}, timeout=VISIBILITY * 2 + 20)
+        assert smtp_server.handler.deliveries() == {email_id: 1}
+        assert record["attempts"] >= 2
+    finally:
+        proxy.stop()
+
+
+def test_a_lost_broker_message_is_recovered_from_the_record(
+    start_cli_worker: StartWorker, smtp_server: SmtpServer, redis_client: redis.Redis
+) -> None:
+    """The message vanishes from the broker (as in kombu's BRPOP window): the sweep publishes it again."""
+    from tasks import send_email
+
+    queue = _queue()
+    result = send_email.apply_async(
+        kwargs={"to": ["l@example.com"], "subject": "lost", "text": "x"}, queue=queue
+    )
+    assert redis_client.delete(queue) == 1  # the message is gone; the record says queued
+    start_cli_worker(queue)
+    record = wait_for_status(result.id, {"sent"}, timeout=VISIBILITY * 3 + 10)
+    assert smtp_server.handler.deliveries() == {result.id: 1}
+    assert record["attempts"] == 1
