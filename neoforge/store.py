@@ -216,6 +216,7 @@ class StatusStore:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(email_key(email_id), payload_key(email_id), attempts_key(email_id))
             pipe.zrem(SCHEDULED, email_id)
+            pipe.zrem(PENDING, email_id)
             pipe.execute()
         if idempotency is not None:
             key = idempotency_key(idempotency)

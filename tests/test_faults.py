@@ -160,7 +160,7 @@ def test_redis_restart_loses_nothing(
                              text=True, timeout=60, check=True)  # fmt: skip
         ids = out.stdout.split()
         assert len(ids) == 20
-        start_cli_worker(queue, **env)
+        worker = start_cli_worker(queue, **env)
         wait_until(lambda: _statuses(client, ids).count("retrying") >= 2, 30, "retries scheduled")
         waiting = client.llen(queue)
         client.shutdown()  # SHUTDOWN: fsync the append-only file, then exit
@@ -169,9 +169,20 @@ def test_redis_restart_loses_nothing(
         server.process = None
         server.start()  # same port, same data folder
         smtp_server.handler.rcpt_delay = 0.0
-        _all_sent(client, ids, timeout=VISIBILITY * 2 + 20)
+        # kombu 5.7 can end the worker when Redis vanishes while it closes a
+        # channel ("Unrecoverable error: AttributeError ... hostname"); in
+        # production a supervisor restarts it (compose: restart: unless-stopped).
+        # Play that supervisor: what matters is that nothing in Redis is lost.
+        time.sleep(1.0)
+        restarted = worker.poll() is not None
+        if restarted:
+            start_cli_worker(queue, **env)
+        _all_sent(client, ids, timeout=VISIBILITY * 3 + 20)
         assert smtp_server.handler.deliveries() == dict.fromkeys(ids, 1)
-        print(f"\nRedis restart: {len(ids)} emails ({waiting} waiting at the restart), none lost, none twice")
+        print(
+            f"\nRedis restart: {len(ids)} emails ({waiting} waiting at the restart), none lost, none twice"
+            f"{', worker restarted' if restarted else ''}"
+        )
         client.close()
     finally:
         server.stop()
