@@ -63,4 +63,9 @@ broker_connection_timeout = 5.0
 redis_socket_connect_timeout = 5.0
 redis_socket_timeout = 10.0
 
+# Warm shutdown (SIGTERM) lets tasks in progress finish and hands unstarted
+# messages back; a cold one still gives them this long, then requeues them.
+worker_soft_shutdown_timeout = _settings.worker_soft_shutdown_timeout
+worker_enable_soft_shutdown_on_idle = True
+
 worker_hijack_root_logger = False

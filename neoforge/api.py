@@ -10,15 +10,18 @@ from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from neoforge.deadletters import list_failed, requeue, requeue_all
+from neoforge.embedded import EmbeddedWorker
 from neoforge.errors import ConfigurationError, EmailNotFound, InvalidEmail, QueueUnavailable
 from neoforge.logs import configure_logging, log_event
 from neoforge.message import EmailRequest
+from neoforge.metrics import render as render_metrics
 from neoforge.redis_client import close_all, get_redis, safe_url
 from neoforge.schemas import EmailPage, EmailStatus, Health, Problem, Queued, Requeued, RequeueFilter
 from neoforge.settings import get_settings
@@ -150,6 +153,15 @@ def requeue_one(email_id: str) -> Queued:
     return Queued(id=email_id)
 
 
+def metrics() -> Response:
+    """Prometheus metrics: totals, latency histograms and true queue depth (no personal data)."""
+    try:
+        body = render_metrics(get_redis(get_settings().redis_url))
+    except redis.RedisError as exc:
+        raise QueueUnavailable("cannot reach Redis") from exc
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
 def _status(record: dict[str, Any]) -> EmailStatus:
     return EmailStatus.model_validate({k: v for k, v in record.items() if v != ""})
 
@@ -212,7 +224,12 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     if not settings.api_keys:
         logger.warning("API_KEYS is not set: /emails answers 503 until it is")
     log_event(logger, "api.started", redis=safe_url(settings.redis_url))
+    embedded = EmbeddedWorker() if settings.embedded_worker else None
+    if embedded is not None:
+        embedded.start()
     yield
+    if embedded is not None:
+        embedded.stop()
     from tasks.app import close_broker_connections
 
     close_broker_connections()
@@ -235,6 +252,14 @@ def create_app() -> FastAPI:
         response_model=Health,
         tags=["ops"],
         responses={503: {"model": Health, "description": "Redis unreachable."}},
+    )
+    app.add_api_route(
+        "/metrics",
+        metrics,
+        methods=["GET"],
+        tags=["ops"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
     )
     app.add_middleware(StartupCheck)
     app.add_exception_handler(InvalidEmail, _invalid)

@@ -117,8 +117,7 @@ class DevStack:
         flower_port = free_port(self.flower_port)
         self._child(
             "flower",
-            [sys.executable, "-m", "celery", "-A", "tasks", "flower",
-             "--address=127.0.0.1", f"--port={flower_port}"],
+            [sys.executable, "-m", "neoforge.cli", "flower", "--address=127.0.0.1", f"--port={flower_port}"],
             env, logs,
         )  # fmt: skip
         api_port = free_port(self.api_port)

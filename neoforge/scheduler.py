@@ -20,6 +20,7 @@ import redis
 
 from neoforge.errors import QueueUnavailable
 from neoforge.logs import log_event
+from neoforge.metrics import heartbeat
 from neoforge.recovery import sweep_lost
 from neoforge.redis_client import get_redis
 from neoforge.settings import Settings, get_settings
@@ -41,8 +42,9 @@ def max_broker_delay(settings: Settings) -> float:
 class Scheduler:
     """Publishes due emails; PUBLISH(email_id, queue) sends the message."""
 
-    def __init__(self, publish: Callable[[str, str], None]) -> None:
+    def __init__(self, publish: Callable[[str, str], None], hostname: str = "") -> None:
         self.publish = publish
+        self.hostname = hostname
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -93,6 +95,8 @@ class Scheduler:
         last_recovery = time.monotonic()
         while not self._stop.wait(interval):
             try:
+                if self.hostname:
+                    heartbeat(get_redis(settings.redis_url), self.hostname)
                 self.release_due()
                 if time.monotonic() - last_recovery >= recovery_every:
                     last_recovery = time.monotonic()

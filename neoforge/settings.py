@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     email_max_schedule_days: int = Field(30, ge=1, le=365)
     email_scheduler_interval: float = Field(1.0, gt=0, le=60)
 
+    # Shutdown: on a second SIGTERM/SIGINT (cold shutdown) tasks in progress
+    # get this many seconds to finish before their messages are handed back.
+    worker_soft_shutdown_timeout: float = Field(10.0, ge=0)
+    # Run a worker thread inside the API process (single-process deployments only).
+    embedded_worker: bool = False
+
     templates_dir: Path = _DEFAULT_TEMPLATES
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

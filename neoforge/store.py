@@ -10,6 +10,8 @@ Keys (all under ``neoforge:``):
 - ``neoforge:scheduled``           sorted set: email ids by the time they are due in the broker
 - ``neoforge:pending``             sorted set: published, unfinished email ids by time of publishing
 - ``neoforge:idem:{key}``          the email id queued under an idempotency key
+- ``neoforge:metrics``             hash: counters for Prometheus, shared by every process
+- ``neoforge:metrics:latency``, ``neoforge:metrics:send_duration``  hashes: histogram buckets
 
 A record exists from the moment an id is handed out, so an id with no record
 was never queued: that is a 404, never Celery's ambiguous PENDING. The record
@@ -37,6 +39,12 @@ PREFIX = "neoforge:"
 FAILED_INDEX = f"{PREFIX}failed"
 SCHEDULED = f"{PREFIX}scheduled"
 PENDING = f"{PREFIX}pending"
+METRICS = f"{PREFIX}metrics"
+LATENCY = f"{PREFIX}metrics:latency"
+SEND_DURATION = f"{PREFIX}metrics:send_duration"
+# Histogram bucket bounds in seconds (Prometheus ``le``).
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 # Statuses from which a worker may (re)start delivery, and those it never leaves.
 ACTIVE = frozenset({"queued", "sending", "retrying"})
@@ -58,6 +66,7 @@ if KEYS[3] ~= '' then
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('SET', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[6], 'queued|' .. (redis.call('HGET', KEYS[1], 'priority') or 'transactional'), 1)
 if ARGV[4] ~= '' then
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
 else
@@ -84,6 +93,8 @@ if expires and expires ~= '' and tonumber(expires) <= tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'status', 'expired', 'updated_at', ARGV[1], 'next_attempt_at', '')
   redis.call('DEL', KEYS[2])
   redis.call('ZREM', KEYS[4], ARGV[7])
+  local priority = redis.call('HGET', KEYS[1], 'priority') or 'transactional'
+  redis.call('HINCRBY', KEYS[5], 'expired|' .. priority, 1)
   return {'expired', false, 0}
 end
 if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('DEL', KEYS[3]) end
@@ -92,7 +103,9 @@ if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then
 end
 redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[1], 'worker', ARGV[2])
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return {'sending', redis.call('GET', KEYS[2]), n}
+local created = redis.call('HGET', KEYS[1], 'created_ts') or ''
+local priority = redis.call('HGET', KEYS[1], 'priority') or 'transactional'
+return {'sending', redis.call('GET', KEYS[2]), n, created, priority}
 """
 
 # Put a failed email back in the queue: attempts restart, history stays.
@@ -165,6 +178,14 @@ def idempotency_key(key: str) -> str:
     return f"{PREFIX}idem:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
+def _observe(pipe: Any, key: str, buckets: tuple[float, ...], value: float) -> None:
+    """Count VALUE in the first bucket that holds it (cumulated when exported)."""
+    bucket = next((str(b) for b in buckets if value <= b), "+Inf")
+    pipe.hincrby(key, bucket, 1)
+    pipe.hincrby(key, "count", 1)
+    pipe.hincrbyfloat(key, "sum", value)
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -206,7 +227,7 @@ class StatusStore:
         flat = [item for pair in record.items() for item in pair]
         idem_key, ttl = (idempotency_key(idempotency[0]), idempotency[1]) if idempotency else ("", 0)
         result = self._create(
-            keys=[email_key(email_id), payload_key(email_id), idem_key, SCHEDULED, PENDING],
+            keys=[email_key(email_id), payload_key(email_id), idem_key, SCHEDULED, PENDING, METRICS],
             args=[email_id, payload, ttl, "" if due is None else due, *flat],
         )
         return str(result)
@@ -225,28 +246,34 @@ class StatusStore:
 
     def begin_attempt(
         self, email_id: str, worker: str, lease: str, lease_seconds: float, break_lease: str = ""
-    ) -> tuple[str, str | None, int]:
-        """Take the email's lease and mark it sending; return (status, payload or holder, number).
+    ) -> tuple[str, str | None, int, float, str]:
+        """Take the email's lease and mark it sending.
+
+        Returns (status, payload or lease holder, attempt number, creation time, priority).
 
         ``sending`` means deliver now (the payload is returned). ``leased``
         means another sender holds the lease: the holder and the lease's
         remaining milliseconds are returned. Anything else (``missing``,
         ``sent``, ``failed``, ``expired``, ``scheduled``) means nothing to do.
         """
-        status, payload, number = self._begin(
-            keys=[email_key(email_id), payload_key(email_id), lease_key(email_id), PENDING],
+        found = self._begin(
+            keys=[email_key(email_id), payload_key(email_id), lease_key(email_id), PENDING, METRICS],
             args=[now_iso(), worker, lease, int(lease_seconds * 1000), time.time(), break_lease, email_id],
         )
-        return str(status), payload if payload else None, int(number)
+        status, payload, number = found[0], found[1], found[2]
+        created = float(found[3]) if len(found) > 3 and found[3] else 0.0
+        priority = str(found[4]) if len(found) > 4 else "transactional"
+        return str(status), payload if payload else None, int(number), created, priority
 
     def release_lease(self, email_id: str, lease: str) -> None:
         """Give up the lease if we still hold it."""
         if self.client.get(lease_key(email_id)) == lease:
             self.client.delete(lease_key(email_id))
 
-    def mark_retrying(self, email_id: str, attempt: Attempt, next_attempt_at: str) -> None:
+    def mark_retrying(self, email_id: str, attempt: Attempt, next_attempt_at: str, priority: str) -> None:
         """The attempt failed transiently; another is scheduled."""
         with self.client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(METRICS, f"retried|{priority}|{attempt['error_class']}", 1)
             pipe.rpush(attempts_key(email_id), _json(attempt))
             pipe.hset(
                 email_key(email_id),
@@ -262,7 +289,9 @@ class StatusStore:
             pipe.delete(lease_key(email_id))
             pipe.execute()
 
-    def mark_sent(self, email_id: str, attempt: Attempt, refused: list[dict[str, Any]]) -> None:
+    def mark_sent(
+        self, email_id: str, attempt: Attempt, refused: list[dict[str, Any]], priority: str, latency: float
+    ) -> None:
         """The SMTP server accepted the message: record it, drop the content, let it expire."""
         fields: dict[str, str] = {
             "status": "sent",
@@ -277,13 +306,19 @@ class StatusStore:
             pipe.rpush(attempts_key(email_id), _json(attempt))
             pipe.delete(payload_key(email_id), lease_key(email_id))
             pipe.zrem(PENDING, email_id)
+            pipe.hincrby(METRICS, f"sent|{priority}", 1)
+            _observe(pipe, LATENCY, LATENCY_BUCKETS, latency)
+            _observe(pipe, SEND_DURATION, DURATION_BUCKETS, attempt["duration_ms"] / 1000)
             pipe.expire(email_key(email_id), self.status_ttl)
             pipe.expire(attempts_key(email_id), self.status_ttl)
             pipe.execute()
 
-    def mark_failed(self, email_id: str, attempt: Attempt) -> None:
+    def mark_failed(self, email_id: str, attempt: Attempt, priority: str | None = None) -> None:
         """Delivery gave up: keep the record and payload (no expiry) in the dead-letter index."""
+        if priority is None:
+            priority = str(self.client.hget(email_key(email_id), "priority") or "transactional")
         with self.client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(METRICS, f"failed|{priority}|{attempt.get('error_class') or 'unknown'}", 1)
             pipe.rpush(attempts_key(email_id), _json(attempt))
             pipe.hset(
                 email_key(email_id),
@@ -364,6 +399,7 @@ class StatusStore:
         result: dict[str, Any] = dict(record)
         result.pop("expires_ts", None)
         result.pop("published_ts", None)
+        result.pop("created_ts", None)
         result["attempts"] = int(record.get("attempts", 0))
         result["refused"] = json.loads(record["refused"]) if record.get("refused") else []
         result["timeline"] = [json.loads(item) for item in attempts]

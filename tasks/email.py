@@ -50,6 +50,10 @@ _PUBLISH_ERRORS = (OperationalError, redis.RedisError, OSError)
 class EmailTask(Task):  # type: ignore[misc]
     """A task whose ``apply_async`` queues a validated, recorded email under a new id."""
 
+    # Expected outcomes, not defects: Celery logs them in one line, without a
+    # traceback (whose chained aiosmtplib error would carry the raw address).
+    throws = (PermanentDeliveryError, TransientDeliveryError)
+
     def apply_async(
         self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> AsyncResult:
@@ -101,6 +105,7 @@ class EmailTask(Task):  # type: ignore[misc]
         email_id = str(uuid.uuid4())
         queue = options.pop("queue", None) or request.priority
         fields: dict[str, str | int] = {
+            "created_ts": repr(time.time()),
             "template": request.template or "",
             "recipients": len(request.recipients()),
             "queue": queue,
@@ -195,14 +200,16 @@ def _holder_is_dead(holder: str) -> bool:
         return False
 
 
-def _record_sent(store: StatusStore, email_id: str, attempt: Attempt, accepted: Accepted) -> None:
+def _record_sent(
+    store: StatusStore, email_id: str, attempt: Attempt, accepted: Accepted, priority: str, latency: float
+) -> None:
     # The server has the message: from here on, a retry would send it twice.
     # Keep trying to write the ledger for a while; if Redis stays away, the
     # message is still acknowledged (the email was delivered) and the gap is logged.
     deadline = time.monotonic() + 30
     while True:
         try:
-            store.mark_sent(email_id, attempt, accepted.refused)
+            store.mark_sent(email_id, attempt, accepted.refused, priority, latency)
             return
         except redis.RedisError as exc:
             if time.monotonic() > deadline:
@@ -222,10 +229,14 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
     lease = f"{socket.gethostname()}|{os.getpid()}|{uuid.uuid4().hex}"
     lease_seconds = settings.email_task_time_limit + 5
     try:
-        status, payload, number = store.begin_attempt(email_id, worker, lease, lease_seconds)
+        status, payload, number, created, priority = store.begin_attempt(
+            email_id, worker, lease, lease_seconds
+        )
         if status == "leased" and payload is not None and _holder_is_dead(payload):
             # Its sender was killed (a pool child, say): take over at once.
-            status, payload, number = store.begin_attempt(email_id, worker, lease, lease_seconds, payload)
+            status, payload, number, created, priority = store.begin_attempt(
+                email_id, worker, lease, lease_seconds, payload
+            )
     except redis.RedisError as exc:
         raise Reject(exc, requeue=True) from exc
     if status == "leased":
@@ -250,7 +261,7 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
     except TransientDeliveryError as exc:
         details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
         if number > settings.email_max_retries:
-            store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details))
+            store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details), priority)
             log_event(
                 logger,
                 "email.failed",
@@ -266,7 +277,7 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
         next_at = iso(datetime.now(UTC) + timedelta(seconds=delay))
         attempt = _attempt(number, started, t0, worker, "retry", retry_in=round(delay, 3), **details)
         try:
-            store.mark_retrying(email_id, attempt, next_at)
+            store.mark_retrying(email_id, attempt, next_at, priority)
         except redis.RedisError as rexc:
             raise Reject(rexc, requeue=True) from exc
         log_event(
@@ -288,7 +299,7 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
             raise Reject(rejected.reason, requeue=True) from exc
     except PermanentDeliveryError as exc:
         details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
-        store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details))
+        store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details), priority)
         log_event(
             logger,
             "email.failed",
@@ -307,10 +318,10 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
         # A defect of ours: dead-letter the email with the error type, so it
         # can be requeued once fixed, and let Celery log the traceback.
         details = {"error": f"internal error: {type(exc).__name__}", "error_class": "internal"}
-        store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details))
+        store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details), priority)
         raise
     attempt = _attempt(number, started, t0, worker, "sent", smtp_reply=mask_addresses(accepted.reply[:200]))
-    _record_sent(store, email_id, attempt, accepted)
+    _record_sent(store, email_id, attempt, accepted, priority, time.time() - created if created else 0.0)
     log_event(
         logger,
         "email.sent",

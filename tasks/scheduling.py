@@ -25,7 +25,7 @@ class SchedulerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.scheduler: Scheduler | None = None
 
     def start(self, worker: Any) -> None:
-        self.scheduler = Scheduler(_publish)
+        self.scheduler = Scheduler(_publish, hostname=worker.hostname)
         self.scheduler.start()
 
     def stop(self, worker: Any) -> None:

@@ -1,0 +1,170 @@
+"""Prometheus metrics, read from Redis at scrape time so that every process agrees.
+
+Counters and histograms are written by the workers into Redis (neoforge/store.py)
+in the same transaction as the status change they count; gauges are measured
+at scrape time: the broker's lists, its unacknowledged hash (prefetched
+messages and retries waiting for their countdown), our scheduled set and dead
+letters, and the workers' heartbeats.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from neoforge.store import (
+    DURATION_BUCKETS,
+    FAILED_INDEX,
+    LATENCY,
+    LATENCY_BUCKETS,
+    METRICS,
+    PREFIX,
+    SCHEDULED,
+    SEND_DURATION,
+    email_key,
+)
+
+__all__ = ["QUEUES", "WORKERS", "heartbeat", "render"]
+
+QUEUES = ("transactional", "bulk")
+WORKERS = f"{PREFIX}workers"
+_UNACKED = "unacked"  # kombu's Redis transport default
+_HEARTBEAT_TTL = 15.0
+
+
+def heartbeat(client: redis.Redis, hostname: str) -> None:
+    """Say that worker HOSTNAME is alive (called every scheduler tick)."""
+    client.zadd(WORKERS, {hostname: time.time()})
+
+
+class _Collector(Collector):
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.client
+        now = time.time()
+        with c.pipeline(transaction=False) as pipe:
+            pipe.hgetall(METRICS)
+            pipe.hgetall(LATENCY)
+            pipe.hgetall(SEND_DURATION)
+            for queue in QUEUES:
+                pipe.llen(queue)
+                pipe.lindex(queue, -1)
+            pipe.hvals(_UNACKED)
+            pipe.zcard(SCHEDULED)
+            pipe.zcard(FAILED_INDEX)
+            pipe.zcount(WORKERS, now - _HEARTBEAT_TTL, "+inf")
+            replies = pipe.execute()
+        counters, latency, duration = replies[0], replies[1], replies[2]
+        waiting = dict(zip(QUEUES, replies[3 : 3 + 2 * len(QUEUES) : 2], strict=True))
+        oldest_raw = dict(zip(QUEUES, replies[4 : 4 + 2 * len(QUEUES) : 2], strict=True))
+        unacked_raw, scheduled, dead, workers = replies[3 + 2 * len(QUEUES) :]
+
+        yield from _counters(counters)
+        yield _histogram("neoforge_delivery_latency_seconds", "Queued to accepted by the SMTP server.",
+                         latency, LATENCY_BUCKETS)  # fmt: skip
+        yield _histogram("neoforge_send_duration_seconds", "One delivery attempt, SMTP dialogue included.",
+                         duration, DURATION_BUCKETS)  # fmt: skip
+
+        gauge = GaugeMetricFamily("neoforge_queue_waiting", "Messages waiting in the broker queue.",
+                                  labels=["queue"])  # fmt: skip
+        for queue, length in waiting.items():
+            gauge.add_metric([queue], float(length))
+        yield gauge
+
+        in_hand: Counter[str] = Counter()
+        for raw in unacked_raw:
+            try:
+                in_hand[str(json.loads(raw)[2])] += 1  # [message, exchange, routing_key]
+            except (ValueError, IndexError, TypeError):
+                continue
+        gauge = GaugeMetricFamily(
+            "neoforge_queue_unacked",
+            "Messages taken by workers and not yet acknowledged: in progress, prefetched, or a retry "
+            "waiting for its countdown.",
+            labels=["queue"],
+        )
+        for queue in QUEUES:
+            gauge.add_metric([queue], float(in_hand.get(queue, 0)))
+        yield gauge
+
+        gauge = GaugeMetricFamily("neoforge_oldest_waiting_seconds", "Age of the oldest waiting message.",
+                                  labels=["queue"])  # fmt: skip
+        for queue in QUEUES:
+            gauge.add_metric([queue], self._age(oldest_raw[queue], now))
+        yield gauge
+        yield GaugeMetricFamily("neoforge_scheduled_emails", "Emails held for a later send or a long retry.",
+                                value=float(scheduled))  # fmt: skip
+        yield GaugeMetricFamily("neoforge_dead_letters", "Failed emails kept for requeue.", value=float(dead))
+        yield GaugeMetricFamily(
+            "neoforge_workers_online", "Workers seen in the last 15 s.", value=float(workers)
+        )
+
+    def _age(self, raw: Any, now: float) -> float:
+        if not raw:
+            return 0.0
+        try:
+            email_id = str(json.loads(raw)["headers"]["id"])
+        except (ValueError, KeyError, TypeError):
+            return 0.0
+        published = self.client.hget(email_key(email_id), "published_ts")
+        return max(0.0, now - float(str(published))) if published else 0.0
+
+
+def _counters(values: dict[str, str]) -> Iterator[Metric]:
+    families = {
+        "queued": CounterMetricFamily("neoforge_emails_queued", "Emails queued.", labels=["priority"]),
+        "sent": CounterMetricFamily(
+            "neoforge_emails_sent", "Emails accepted by the SMTP server.", labels=["priority"]
+        ),
+        "failed": CounterMetricFamily(
+            "neoforge_emails_failed", "Emails that failed (dead letters).", labels=["priority", "error_class"]
+        ),
+        "retried": CounterMetricFamily(
+            "neoforge_emails_retried",
+            "Delivery attempts that will be retried.",
+            labels=["priority", "error_class"],
+        ),
+        "expired": CounterMetricFamily(
+            "neoforge_emails_expired", "Emails that expired unsent.", labels=["priority"]
+        ),
+    }
+    seen: set[tuple[str, ...]] = set()
+    for field, value in values.items():
+        kind, *labels = field.split("|")
+        family = families.get(kind)
+        if family is not None:
+            family.add_metric(labels, float(value))
+            seen.add((kind, *labels))
+    for priority in QUEUES:  # every series exists from the start, so rate() works at once
+        for kind in ("queued", "sent", "expired"):
+            if (kind, priority) not in seen:
+                families[kind].add_metric([priority], 0.0)
+    yield from families.values()
+
+
+def _histogram(name: str, doc: str, values: dict[str, str], bounds: tuple[float, ...]) -> Metric:
+    cumulative = 0.0
+    buckets = []
+    for bound in bounds:
+        cumulative += float(values.get(str(bound), 0))
+        buckets.append((str(float(bound)), cumulative))
+    cumulative += float(values.get("+Inf", 0))
+    buckets.append(("+Inf", cumulative))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=float(values.get("sum", 0)))
+
+
+def render(client: redis.Redis) -> bytes:
+    """The Prometheus text exposition of every metric."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(client))
+    return bytes(generate_latest(registry))
