@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -162,16 +160,16 @@ def test_embedded_worker_in_the_api_process(
     tmp_path: Path, environment: dict[str, str], smtp_server: SmtpServer
 ) -> None:
     port = free_port()
-    api = start([sys.executable, "-m", "uvicorn", "neoforge.main:app", "--host", "127.0.0.1", "--port", str(port)],
-                env={**os.environ, **environment, "EMBEDDED_WORKER": "true"}, log=tmp_path / "api.log",
-                cwd=ROOT)  # fmt: skip
+    command = [sys.executable, "-m", "uvicorn", "neoforge.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, **environment, "EMBEDDED_WORKER": "true"}
+    api = start(command, env=env, log=tmp_path / "api.log", cwd=ROOT)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: urllib.request.urlopen(f"{base}/health", timeout=2).status == 200, 30, "API")
+        body = json.dumps({"to": ["e@example.com"], "subject": "embedded", "text": "x"}).encode()
         request = urllib.request.Request(
-            f"{base}/emails", data=json.dumps({"to": ["e@example.com"], "subject": "embedded", "text": "x"}).encode(),
-            headers={**AUTH, "Content-Type": "application/json"},
-        )  # fmt: skip
+            f"{base}/emails", data=body, headers={**AUTH, "Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             email_id = json.loads(response.read())["id"]
         wait_for_status(email_id, {"sent"}, timeout=30)
