@@ -160,7 +160,7 @@ def test_embedded_worker_in_the_api_process(
     tmp_path: Path, environment: dict[str, str], smtp_server: SmtpServer
 ) -> None:
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "neoforge.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "uvicorn", "neoforge.main:app", "--host=127.0.0.1", f"--port={port}"]
     env = {**os.environ, **environment, "EMBEDDED_WORKER": "true"}
     api = start(command, env=env, log=tmp_path / "api.log", cwd=ROOT)
     try:
