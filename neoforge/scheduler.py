@@ -103,6 +103,9 @@ class Scheduler:
                     self.recover_lost()
             except (redis.RedisError, OSError, QueueUnavailable) as exc:
                 log_event(logger, "scheduler.unavailable", logging.WARNING, reason=type(exc).__name__)
+            except Exception:
+                # This thread must outlive any one bad sweep: log it whole, go on.
+                logger.exception("scheduler.error")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="neoforge-scheduler", daemon=True)

@@ -233,8 +233,10 @@ class StatusStore:
         return str(result)
 
     def discard(self, email_id: str, idempotency: str | None = None) -> None:
-        """Remove every trace of an email that could not be queued."""
+        """Remove every trace of an email that could not be queued (its queued count included)."""
+        priority = str(self.client.hget(email_key(email_id), "priority") or "transactional")
         with self.client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(METRICS, f"queued|{priority}", -1)
             pipe.delete(email_key(email_id), payload_key(email_id), attempts_key(email_id))
             pipe.zrem(SCHEDULED, email_id)
             pipe.zrem(PENDING, email_id)

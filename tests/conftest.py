@@ -203,6 +203,13 @@ def wait_for_status(email_id: str, wanted: set[str], timeout: float = 20.0) -> d
     return record
 
 
+def no_email_left(client: redis.Redis) -> bool:
+    """No record, payload or index entry of any email (counters and heartbeats may exist)."""
+    return not list(client.scan_iter("neoforge:email:*")) and not any(
+        client.zcard(f"neoforge:{index}") for index in ("pending", "scheduled", "failed")
+    )
+
+
 def celery_cli(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """The real ``celery -A tasks ...`` command, in its own process group."""
     return start(

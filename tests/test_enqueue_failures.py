@@ -9,6 +9,7 @@ import redis
 
 from neoforge import QueueUnavailable
 from neoforge.processes import free_port
+from tests.conftest import no_email_left
 
 
 def test_redis_down_at_enqueue(settings_env: Any, redis_client: redis.Redis) -> None:
@@ -18,7 +19,7 @@ def test_redis_down_at_enqueue(settings_env: Any, redis_client: redis.Redis) -> 
     with pytest.raises(QueueUnavailable, match="cannot reach Redis") as caught:
         send_email.delay(to=["a@example.com"], subject="down", text="x")
     assert "hunter2" not in str(caught.value)
-    assert list(redis_client.scan_iter("neoforge:*")) == []
+    assert no_email_left(redis_client)
 
 
 def test_publish_fails_after_record_written(redis_client: redis.Redis, celery_app: Any) -> None:
@@ -34,8 +35,9 @@ def test_publish_fails_after_record_written(redis_client: redis.Redis, celery_ap
                 producer=producer,
                 retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.1},
             )
-    assert list(redis_client.scan_iter("neoforge:*")) == []
+    assert no_email_left(redis_client)
     assert redis_client.llen("transactional") == 0
+    assert int(redis_client.hget("neoforge:metrics", "queued|transactional") or 0) == 0
 
 
 def test_api_answers_503_when_redis_is_down(api: Any, settings_env: Any) -> None:

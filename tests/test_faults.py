@@ -134,7 +134,8 @@ def test_killed_pool_child_is_retried_at_once(
     os.kill(pid, signal.SIGKILL)
     record = wait_for_status(email_id, {"sent", "failed"}, timeout=VISIBILITY)
     assert record["status"] == "sent"
-    assert time.monotonic() - killed_at < VISIBILITY / 2  # at once, not after the visibility timeout
+    # At once: well before kombu would restore it (visibility timeout + a sweep).
+    assert time.monotonic() - killed_at < VISIBILITY
     assert record["attempts"] == 2
     assert smtp_server.handler.deliveries() == {email_id: 1}
 
