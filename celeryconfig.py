@@ -6,6 +6,8 @@ Values come from neoforge's settings, read when Celery first needs its
 configuration, not when this file is written.
 """
 
+import ssl
+
 from kombu import Queue
 
 from neoforge.errors import ConfigurationError
@@ -67,5 +69,14 @@ redis_socket_timeout = 10.0
 # messages back; a cold one still gives them this long, then requeues them.
 worker_soft_shutdown_timeout = _settings.worker_soft_shutdown_timeout
 worker_enable_soft_shutdown_on_idle = True
+
+# rediss:// must check the server's certificate: kombu and Celery's backend
+# skip verification for a bare rediss:// URL unless told otherwise.
+if _settings.redis_url.startswith("rediss://"):
+    _tls = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if _settings.redis_tls_ca_file is not None:
+        _tls["ssl_ca_certs"] = str(_settings.redis_tls_ca_file)
+    broker_use_ssl = _tls
+    redis_backend_use_ssl = _tls
 
 worker_hijack_root_logger = False

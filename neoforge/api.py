@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from neoforge.deadletters import list_failed, requeue, requeue_all
 from neoforge.embedded import EmbeddedWorker
@@ -22,8 +22,19 @@ from neoforge.errors import ConfigurationError, EmailNotFound, InvalidEmail, Que
 from neoforge.logs import configure_logging, log_event
 from neoforge.message import EmailRequest
 from neoforge.metrics import render as render_metrics
+from neoforge.ratelimit import RateLimited, charge
 from neoforge.redis_client import close_all, get_redis, safe_url
-from neoforge.schemas import EmailPage, EmailStatus, Health, Problem, Queued, Requeued, RequeueFilter
+from neoforge.schemas import (
+    EmailPage,
+    EmailStatus,
+    Health,
+    Problem,
+    Purged,
+    PurgeRequest,
+    Queued,
+    Requeued,
+    RequeueFilter,
+)
 from neoforge.settings import get_settings
 from neoforge.store import get_store
 
@@ -34,6 +45,11 @@ logger = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False, description="One of the keys in API_KEYS.")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "Missing or wrong API key."},
+    413: {"model": Problem, "description": "Request body larger than API_MAX_REQUEST_BYTES."},
+    429: {
+        "model": Problem,
+        "description": "The key's requests or recipients per minute are used up; see Retry-After.",
+    },
     503: {"model": Problem, "description": "Redis unreachable, or API_KEYS not set."},
 }
 
@@ -57,7 +73,27 @@ def require_key(
     return given.decode()
 
 
-emails = APIRouter(prefix="/emails", tags=["emails"], dependencies=[Depends(require_key)], responses=_ERRORS)
+def limit_requests(key: Annotated[str, Depends(require_key)]) -> str:
+    """Charge one request to the key's per-minute allowance (429 past it)."""
+    settings = get_settings()
+    try:
+        charge(
+            get_redis(settings.redis_url),
+            key,
+            requests=1,
+            recipients=0,
+            max_requests=settings.api_rate_limit_requests,
+            max_recipients=settings.api_rate_limit_recipients,
+        )
+    except redis.RedisError as exc:
+        raise QueueUnavailable("cannot reach Redis") from exc
+    return key
+
+
+emails = APIRouter(
+    prefix="/emails", tags=["emails"], dependencies=[Depends(limit_requests)], responses=_ERRORS
+)
+Key = Annotated[str, Depends(limit_requests)]  # cached per request: charged once
 
 
 @emails.post(
@@ -67,10 +103,22 @@ emails = APIRouter(prefix="/emails", tags=["emails"], dependencies=[Depends(requ
     summary="Queue an email",
     responses={422: {"description": "Invalid email: the detail names each bad field."}},
 )
-def queue_email(request: EmailRequest) -> Queued:
+def queue_email(request: EmailRequest, key: Key) -> Queued:
     """Validate and queue an email; returns its id at once. Delivery happens in a worker."""
     from tasks import send_email
 
+    settings = get_settings()
+    try:
+        charge(
+            get_redis(settings.redis_url),
+            key,
+            requests=0,
+            recipients=len(request.recipients()),
+            max_requests=settings.api_rate_limit_requests,
+            max_recipients=settings.api_rate_limit_recipients,
+        )
+    except redis.RedisError as exc:
+        raise QueueUnavailable("cannot reach Redis") from exc
     result = send_email.enqueue(request)
     record = get_store().get(result.id)
     return Queued(id=result.id, status=record["status"] if record else "queued")
@@ -153,6 +201,40 @@ def requeue_one(email_id: str) -> Queued:
     return Queued(id=email_id)
 
 
+@emails.post("/purge", response_model=Purged, summary="Erase every email to an address")
+def purge_address(body: PurgeRequest) -> Purged:
+    """Delete the stored content of every email to this address (unsent ones are cancelled)."""
+    store = get_store()
+    try:
+        ids = store.emails_to(body.address)
+        purged = sum(1 for email_id in ids if store.purge(email_id) is not None)
+        store.forget_recipient(body.address)
+    except redis.RedisError as exc:
+        raise QueueUnavailable("cannot reach Redis") from exc
+    log_event(logger, "emails.purged", count=purged)
+    return Purged(purged=purged)
+
+
+@emails.delete(
+    "/{email_id}",
+    response_model=EmailStatus,
+    summary="Delete an email's stored content",
+    responses={404: {"model": Problem, "description": "No email was ever queued under this id."}},
+)
+def purge_email(email_id: str) -> EmailStatus:
+    """Delete the email's content and refused addresses; an unsent email is cancelled. The status stays."""
+    store = get_store()
+    try:
+        status_now = store.purge(email_id)
+        record = store.get(email_id) if status_now else None
+    except redis.RedisError as exc:
+        raise QueueUnavailable("cannot reach Redis") from exc
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no email with this id")
+    log_event(logger, "email.purged", id=email_id, status=status_now)
+    return _status(record)
+
+
 def metrics() -> Response:
     """Prometheus metrics: totals, latency histograms and true queue depth (no personal data)."""
     try:
@@ -183,6 +265,15 @@ async def _invalid(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
+async def _rate_limited(_: Request, exc: Exception) -> JSONResponse:
+    retry_after = exc.retry_after if isinstance(exc, RateLimited) else 60
+    return JSONResponse(
+        {"detail": str(exc)},
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
@@ -198,6 +289,49 @@ def _startup_problem() -> str | None:
     except redis.RedisError as exc:
         return f"neoforge: cannot reach Redis at {safe_url(settings.redis_url)}: {type(exc).__name__}"
     return None
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over API_MAX_REQUEST_BYTES before it is read whole (413)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = get_settings().api_max_request_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        refusal = JSONResponse({"detail": f"request body larger than {limit} bytes"}, status_code=413)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await refusal(scope, receive, send)
+            return
+        received = 0
+        too_large = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # Stop reading: the app sees the client go, we answer 413.
+                    too_large = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def answering_send(message: Message) -> None:
+            if not too_large:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await send({"type": "http.response.start", "status": 413, "headers": refusal.raw_headers})
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                await send({"type": "http.response.body", "body": refusal.body})
+
+        await self.app(scope, counting_receive, answering_send)
 
 
 class StartupCheck:
@@ -261,7 +395,9 @@ def create_app() -> FastAPI:
         response_class=Response,
         responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
     )
+    app.add_middleware(BodyLimit)
     app.add_middleware(StartupCheck)
     app.add_exception_handler(InvalidEmail, _invalid)
     app.add_exception_handler(QueueUnavailable, _unavailable)
+    app.add_exception_handler(RateLimited, _rate_limited)
     return app

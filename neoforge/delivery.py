@@ -171,6 +171,15 @@ class _Pool:
         )
         await smtp.connect()
         if s.smtp_user and s.smtp_password:
+            encrypted = smtp.get_transport_info("sslcontext") is not None
+            if not encrypted and not s.smtp_allow_plaintext_auth:
+                smtp.close()
+                raise PermanentDeliveryError(
+                    "refusing to send SMTP_PASSWORD over a connection without TLS "
+                    "(set SMTP_STARTTLS or SMTP_SSL_TLS; SMTP_ALLOW_PLAINTEXT_AUTH only for a local catcher)",
+                    None,
+                    "bad_config",
+                )
             await smtp.login(s.smtp_user, s.smtp_password.get_secret_value())
         return smtp
 
@@ -252,6 +261,8 @@ async def deliver(message: Message, recipients: list[str]) -> Accepted:
             return accepted
     try:
         smtp = await pool.connect()
+    except DeliveryError:
+        raise
     except Exception as exc:
         raise _classify(exc, "connect") from exc
     try:

@@ -8,6 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from neoforge.settings import get_settings
+
 __all__ = ["get_redis", "safe_url"]
 
 _lock = threading.Lock()
@@ -22,12 +24,18 @@ def get_redis(url: str) -> redis.Redis:
         with _lock:
             client = _clients.get(key)
             if client is None:
+                options: dict[str, object] = {}
+                if url.startswith("rediss://"):
+                    # redis-py checks certificates for rediss:// by default; say so anyway.
+                    ca_file = get_settings().redis_tls_ca_file
+                    options = {"ssl_cert_reqs": "required", "ssl_ca_certs": str(ca_file) if ca_file else None}
                 client = redis.Redis.from_url(
                     url,
                     decode_responses=True,
                     socket_connect_timeout=5,
                     socket_timeout=10,
                     health_check_interval=30,
+                    **options,
                 )
                 _clients[key] = client
     return client

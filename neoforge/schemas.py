@@ -12,13 +12,15 @@ __all__ = [
     "EmailStatus",
     "Health",
     "Problem",
+    "PurgeRequest",
+    "Purged",
     "Queued",
     "RefusedRecipient",
     "RequeueFilter",
     "Requeued",
 ]
 
-Status = Literal["scheduled", "queued", "sending", "retrying", "sent", "failed", "expired"]
+Status = Literal["scheduled", "queued", "sending", "retrying", "sent", "failed", "expired", "cancelled"]
 
 
 class Queued(BaseModel):
@@ -76,6 +78,9 @@ class EmailStatus(BaseModel):
     send_at: str | None = None
     expires_at: str | None = None
     requeued_at: str | None = None
+    purged_at: str | None = Field(
+        None, description="When the stored content was deleted (DELETE /emails/{id})."
+    )
     recipients: int = Field(0, description="Number of envelope recipients.")
     queue: str | None = None
     refused: list[RefusedRecipient] = Field(default_factory=list)
@@ -115,3 +120,15 @@ class Requeued(BaseModel):
     """How many failed emails were queued again."""
 
     requeued: int
+
+
+class Purged(BaseModel):
+    """How many emails had their stored content deleted."""
+
+    purged: int
+
+
+class PurgeRequest(BaseModel):
+    """An erasure request: every email to this address."""
+
+    address: str = Field(min_length=3, max_length=320, description="The recipient address (to, cc or bcc).")

@@ -23,6 +23,7 @@ class Settings(BaseSettings):
 
     # Redis: broker, result backend and our status store, all in one database.
     redis_url: str = "redis://redis:6379/0"
+    redis_tls_ca_file: Path | None = None  # CA bundle for rediss:// (default: the system's)
 
     # SMTP
     smtp_host: str = "localhost"
@@ -35,9 +36,19 @@ class Settings(BaseSettings):
     smtp_from: EmailStr = "noreply@example.com"
     smtp_from_name: str = "NeoForge"
     smtp_timeout: float = Field(30.0, gt=0)
+    # Sending SMTP_PASSWORD over a connection without TLS is refused unless this
+    # is set (for a local mail catcher only).
+    smtp_allow_plaintext_auth: bool = False
 
     # HTTP API
     api_keys: Annotated[list[str], NoDecode] = []
+    api_max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    api_rate_limit_requests: int = Field(600, ge=1)  # per key and minute
+    api_rate_limit_recipients: int = Field(5000, ge=1)  # per key and minute
+
+    # Staging safety: send everything to one address, or only to these domains.
+    email_redirect_to: EmailStr | None = None
+    email_allowed_domains: Annotated[list[str], NoDecode] = []
 
     # Retries: exponential backoff with jitter, capped.
     email_max_retries: int = Field(5, ge=0, le=100)
@@ -73,11 +84,23 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "email_allowed_domains", mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("email_allowed_domains")
+    @classmethod
+    def _lower_domains(cls, value: list[str]) -> list[str]:
+        return [domain.lower().lstrip("@") for domain in value]
+
+    @field_validator("smtp_from_name")
+    @classmethod
+    def _single_line(cls, value: str) -> str:
+        if any(ch in value for ch in "\r\n\x00"):
+            raise ValueError("must not contain CR, LF or NUL")
         return value
 
     @field_validator("redis_url")

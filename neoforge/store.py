@@ -10,6 +10,7 @@ Keys (all under ``neoforge:``):
 - ``neoforge:scheduled``           sorted set: email ids by the time they are due in the broker
 - ``neoforge:pending``             sorted set: published, unfinished email ids by time of publishing
 - ``neoforge:idem:{key}``          the email id queued under an idempotency key
+- ``neoforge:rcpt:{sha256}``       set: ids of the emails to one address (for erasure requests)
 - ``neoforge:metrics``             hash: counters for Prometheus, shared by every process
 - ``neoforge:metrics:latency``, ``neoforge:metrics:send_duration``  hashes: histogram buckets
 
@@ -48,7 +49,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 # Statuses from which a worker may (re)start delivery, and those it never leaves.
 ACTIVE = frozenset({"queued", "sending", "retrying"})
-TERMINAL = frozenset({"sent", "failed", "expired"})
+TERMINAL = frozenset({"sent", "failed", "expired", "cancelled"})
 
 Attempt = dict[str, Any]
 _Mapping = Any  # redis-py's stub wants an invariant key type that no plain dict has
@@ -56,15 +57,20 @@ _Mapping = Any  # redis-py's stub wants an invariant key type that no plain dict
 # Record a new email. With an idempotency key already taken, nothing is
 # written and the earlier id is returned; a scheduled email is entered in the
 # scheduled set, any other in the pending index (it is about to be published).
-# KEYS: record, payload, idem (or ""), scheduled set, pending index.
-# ARGV: id, payload, idem ttl, due score (or ""), then field/value pairs.
+# KEYS: record, payload, idem (or ""), scheduled set, pending index, metrics,
+# then one recipient index per address.
+# ARGV: id, payload, idem ttl, due score (or ""), index ttl, then field/value pairs.
 _CREATE = """
 if KEYS[3] ~= '' then
   if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'EX', ARGV[3]) then
     return redis.call('GET', KEYS[3])
   end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+for i = 7, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[1])
+  redis.call('EXPIRE', KEYS[i], ARGV[5])
+end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('HINCRBY', KEYS[6], 'queued|' .. (redis.call('HGET', KEYS[1], 'priority') or 'transactional'), 1)
 if ARGV[4] ~= '' then
@@ -132,6 +138,25 @@ return {status, redis.call('HGET', KEYS[1], 'queue') or ''}
 """
 
 
+# Drop an email's content (payload, refused addresses); an unfinished email is
+# cancelled so that no worker sends it. KEYS: record, payload, pending,
+# scheduled, lease. ARGV: id, now (ISO).
+_PURGE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[1], 'refused')
+redis.call('HSET', KEYS[1], 'purged_at', ARGV[2], 'updated_at', ARGV[2])
+if status ~= 'sent' and status ~= 'failed' and status ~= 'expired' and status ~= 'cancelled' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'next_attempt_at', '')
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  status = 'cancelled'
+end
+return status
+"""
+
+
 def now_iso() -> str:
     """The current UTC time, ISO 8601 with microseconds."""
     return iso(datetime.now(UTC))
@@ -173,6 +198,11 @@ def lease_key(email_id: str) -> str:
     return f"{PREFIX}email:{email_id}:lease"
 
 
+def recipient_key(address: str) -> str:
+    # Hashed: the index lets us erase a person's emails without storing their address in a key name.
+    return f"{PREFIX}rcpt:{hashlib.sha256(address.lower().encode()).hexdigest()}"
+
+
 def idempotency_key(key: str) -> str:
     # Hashed: the caller's key may be long or carry personal data.
     return f"{PREFIX}idem:{hashlib.sha256(key.encode()).hexdigest()}"
@@ -200,6 +230,7 @@ class StatusStore:
         self._begin = client.register_script(_BEGIN)
         self._requeue = client.register_script(_REQUEUE)
         self._release = client.register_script(_RELEASE)
+        self._purge = client.register_script(_PURGE)
 
     def create(
         self,
@@ -209,6 +240,7 @@ class StatusStore:
         *,
         idempotency: tuple[str, int] | None = None,
         due: float | None = None,
+        recipients: list[str] | None = None,
     ) -> str:
         """Record a new email (queued, or scheduled when DUE is given); return its id.
 
@@ -227,8 +259,16 @@ class StatusStore:
         flat = [item for pair in record.items() for item in pair]
         idem_key, ttl = (idempotency_key(idempotency[0]), idempotency[1]) if idempotency else ("", 0)
         result = self._create(
-            keys=[email_key(email_id), payload_key(email_id), idem_key, SCHEDULED, PENDING, METRICS],
-            args=[email_id, payload, ttl, "" if due is None else due, *flat],
+            keys=[
+                email_key(email_id),
+                payload_key(email_id),
+                idem_key,
+                SCHEDULED,
+                PENDING,
+                METRICS,
+                *(recipient_key(address) for address in recipients or []),
+            ],
+            args=[email_id, payload, ttl, "" if due is None else due, self.status_ttl + 31 * 86400, *flat],
         )
         return str(result)
 
@@ -389,6 +429,21 @@ class StatusStore:
         top = f"({before}" if before is not None else "+inf"
         rows = self.client.zrevrangebyscore(FAILED_INDEX, top, "-inf", start=0, num=limit, withscores=True)
         return [(str(member), float(score)) for member, score in cast(list[tuple[str, float]], rows)]
+
+    def purge(self, email_id: str) -> str | None:
+        """Drop the email's stored content (cancelling it if unsent); its status, or None if unknown."""
+        status = self._purge(
+            keys=[email_key(email_id), payload_key(email_id), PENDING, SCHEDULED, lease_key(email_id)],
+            args=[email_id, now_iso()],
+        )
+        return str(status) if status else None
+
+    def emails_to(self, address: str) -> list[str]:
+        """Ids of the emails sent to ADDRESS (to, cc or bcc) that are still on record."""
+        return sorted(str(i) for i in self.client.smembers(recipient_key(address)))
+
+    def forget_recipient(self, address: str) -> None:
+        self.client.delete(recipient_key(address))
 
     def get(self, email_id: str) -> dict[str, Any] | None:
         """The record with its timeline, or None if the id was never queued."""

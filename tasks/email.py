@@ -36,6 +36,7 @@ from neoforge.message import EmailRequest
 from neoforge.redact import mask_addresses
 from neoforge.scheduler import max_broker_delay
 from neoforge.settings import get_settings
+from neoforge.staging import envelope
 from neoforge.store import Attempt, StatusStore, event, get_store, iso, now_iso, unavailable
 from neoforge.templates import Rendered, render
 from tasks.app import app
@@ -124,7 +125,12 @@ class EmailTask(Task):  # type: ignore[misc]
         store = get_store()
         try:
             recorded = store.create(
-                email_id, request.model_dump_json(), fields, idempotency=idempotency, due=due
+                email_id,
+                request.model_dump_json(),
+                fields,
+                idempotency=idempotency,
+                due=due,
+                recipients=request.recipients(),
             )
         except redis.RedisError as exc:
             raise unavailable(exc) from exc
@@ -257,7 +263,12 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
             raise PermanentDeliveryError(
                 f"message cannot be built: {type(exc).__name__}", None, "bad_message"
             ) from exc
-        accepted = run_in_worker_loop(deliver(message, request.recipients()))
+        recipients, held = envelope(request.recipients(), settings)
+        if not recipients:
+            raise PermanentDeliveryError("no recipient in EMAIL_ALLOWED_DOMAINS", None, "not_allowed")
+        accepted = run_in_worker_loop(deliver(message, recipients))
+        if held:
+            accepted = Accepted(accepted.reply, [*accepted.refused, *held])
     except TransientDeliveryError as exc:
         details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
         if number > settings.email_max_retries:

@@ -10,7 +10,9 @@ Nothing of ours is mocked and nothing runs in eager mode.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,15 +51,18 @@ TEST_ENV = {
 class RedisServer:
     """A redis-server process of our own, on a free port and a private folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, password: str | None = None) -> None:
         self.folder = folder
+        self.password = password
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.process = start(redis_server_command(self.port, self.folder), log=self.folder / "redis.log")
+        command = redis_server_command(self.port, self.folder, self.password)
+        self.process = start(command, log=self.folder / "redis.log")
         client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
         wait_until(lambda: bool(client.ping()), 20, "redis-server")
         client.close()
@@ -66,6 +71,39 @@ class RedisServer:
         if self.process is not None:
             stop(self.process)
             self.process = None
+
+
+_UNMASKED_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)*example\.com")
+
+
+class _LogSpy(logging.Handler):
+    """Keeps every log line of this process's run (ours, Celery's, the in-process worker's)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # aiosmtpd's own log belongs to the test SMTP server, not to the system under test.
+        if not record.name.startswith("mail.log"):
+            self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_personal_data_in_logs() -> Iterator[None]:
+    """Every log line of the whole run is searched for the tests' recipient addresses."""
+    spy = _LogSpy()
+    root = logging.getLogger()
+    root.addHandler(spy)
+    previous = root.level
+    root.setLevel(logging.DEBUG)
+    yield
+    root.removeHandler(spy)
+    root.setLevel(previous)
+    leaks = [line for line in spy.lines if _UNMASKED_ADDRESS.search(line)]
+    assert len(spy.lines) > 100, "the log spy saw nothing: it is not attached"
+    assert not leaks, f"{len(leaks)} log line(s) carry an address, e.g. {leaks[:3]}"
 
 
 @pytest.fixture(scope="session")
