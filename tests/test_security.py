@@ -64,8 +64,11 @@ def test_template_names_cannot_leave_the_folder(api: Any, settings_env: Any, tmp
     for name in ("evil", "../secret", "/etc/passwd", "_base", "test_email.html"):
         response = api.post("/emails", json={**_email(text=None), "template": name}, headers=AUTH)
         assert response.status_code == 422, name
-    ok = api.post("/emails", json={**_email(text=None), "template": "test_email", "context": {"name": "x"}},
-                  headers=AUTH)  # fmt: skip
+    ok = api.post(
+        "/emails",
+        json={**_email(text=None), "template": "test_email", "context": {"name": "x"}},
+        headers=AUTH,
+    )
     assert ok.status_code == 202
 
 
@@ -77,8 +80,12 @@ def test_rate_limit_per_key(api: Any, settings_env: Any) -> None:
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
     # Another key has its own allowance; recipients are counted too.
     other = {"Authorization": "Bearer second-key-abcdef"}
-    assert api.post("/emails", json=_email(to=["a@example.com", "b@example.com", "c@example.com"]),
-                    headers=other).status_code == 202  # fmt: skip
+    assert (
+        api.post(
+            "/emails", json=_email(to=["a@example.com", "b@example.com", "c@example.com"]), headers=other
+        ).status_code
+        == 202
+    )
     too_many = api.post("/emails", json=_email(to=["d@example.com", "e@example.com"]), headers=other)
     assert too_many.status_code == 429
 
@@ -106,11 +113,20 @@ def test_secure_defaults() -> None:
 
 
 def test_rediss_checks_certificates() -> None:
-    script = "import celeryconfig, ssl; print(celeryconfig.broker_use_ssl['ssl_cert_reqs'] == ssl.CERT_REQUIRED, " \
-             "celeryconfig.redis_backend_use_ssl['ssl_cert_reqs'] == ssl.CERT_REQUIRED)"  # fmt: skip
+    script = (
+        "import celeryconfig, ssl; print(celeryconfig.broker_use_ssl['ssl_cert_reqs'] == ssl.CERT_REQUIRED, "
+        "celeryconfig.redis_backend_use_ssl['ssl_cert_reqs'] == ssl.CERT_REQUIRED)"
+    )
     env = {**os.environ, "REDIS_URL": "rediss://:pw@redis.example.com:6380/0"}
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=30, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     assert out.stdout.split() == ["True", "True"]
 
 
@@ -121,13 +137,23 @@ def test_worker_against_a_redis_with_a_password(
     server.start()
     url = f"redis://:a-long-redis-password@127.0.0.1:{server.port}/0"
     queue = f"auth-{uuid.uuid4().hex[:6]}"
-    worker = celery_cli("worker", "-Q", queue, "-c", "1", env={**environment, "REDIS_URL": url},
-                        log=tmp_path / "worker.log")  # fmt: skip
+    worker = celery_cli(
+        "worker", "-Q", queue, "-c", "1", env={**environment, "REDIS_URL": url}, log=tmp_path / "worker.log"
+    )
     try:
-        script = ("from tasks import send_email; print(send_email.apply_async(kwargs={'to': ['p@example.com'], "
-                  f"'subject': 'with password', 'text': 'x'}}, queue='{queue}').id)")  # fmt: skip
-        out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "REDIS_URL": url}, cwd=ROOT,
-                             capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        script = (
+            "from tasks import send_email; print(send_email.apply_async(kwargs={'to': ['p@example.com'], "
+            f"'subject': 'with password', 'text': 'x'}}, queue='{queue}').id)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "REDIS_URL": url},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         email_id = out.stdout.strip()
         client = redis.Redis.from_url(url, decode_responses=True)
         from neoforge.processes import wait_until
@@ -135,9 +161,26 @@ def test_worker_against_a_redis_with_a_password(
         wait_until(lambda: client.hget(f"neoforge:email:{email_id}", "status") == "sent", 60, "sent")
         client.close()
         wrong = url.replace("a-long-redis-password", "wrong-password")
-        refused = subprocess.run([sys.executable, "-m", "neoforge.cli", "send", "--to", "p@example.com",
-                                  "--subject", "s", "--text", "x"], env={**os.environ, "REDIS_URL": wrong},
-                                 cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        refused = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "neoforge.cli",
+                "send",
+                "--to",
+                "p@example.com",
+                "--subject",
+                "s",
+                "--text",
+                "x",
+            ],
+            env={**os.environ, "REDIS_URL": wrong},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert refused.returncode != 0
         assert "wrong-password" not in refused.stderr and "cannot reach Redis" in refused.stderr
     finally:
@@ -177,8 +220,10 @@ def test_purge_by_address(api: Any, smtp_server: SmtpServer, redis_client: redis
     from tasks import send_email
 
     smtp_server.handler.data_replies.extend(["550 5.1.1 no"] * 3)
-    ids = [send_email.delay(**_email(to=[f"{who}@example.com"], subject=f"erase {who}")).id
-           for who in ("erase", "erase", "keep")]  # fmt: skip
+    ids = [
+        send_email.delay(**_email(to=[f"{who}@example.com"], subject=f"erase {who}")).id
+        for who in ("erase", "erase", "keep")
+    ]
     for email_id in ids:
         wait_for_status(email_id, {"failed"})  # failed emails keep their content, for requeue
     response = api.post("/emails/purge", json={"address": "ERASE@example.com"}, headers=AUTH)
@@ -193,8 +238,9 @@ def test_staging_redirect_sends_nothing_elsewhere(smtp_server: SmtpServer, setti
     from tasks import send_email
 
     settings_env(EMAIL_REDIRECT_TO="staging-inbox@example.com")
-    email_id = send_email.delay(**_email(to=["real.user@example.com"], cc=["boss@example.com"],
-                                         bcc=["audit@example.com"])).id  # fmt: skip
+    email_id = send_email.delay(
+        **_email(to=["real.user@example.com"], cc=["boss@example.com"], bcc=["audit@example.com"])
+    ).id
     wait_for_status(email_id, {"sent"})
     assert [m.rcpt_tos for m in smtp_server.handler.messages] == [["staging-inbox@example.com"]]
 
