@@ -29,5 +29,11 @@ pytest: install
 
 test: lint typecheck pytest  ## everything CI runs
 
+bench: install  ## the benchmark, quick mode (a few minutes): table on stdout, JSON in bench/results/
+	$(PY) -m bench.run --quick
+
+bench-full: install
+	$(PY) -m bench.run --full
+
 clean:
 	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache *.egg-info

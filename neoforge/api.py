@@ -36,13 +36,16 @@ from neoforge.schemas import (
     RequeueFilter,
 )
 from neoforge.settings import get_settings
-from neoforge.store import get_store
+from neoforge.store import get_store, unavailable
 
 __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
 
 _bearer = HTTPBearer(auto_error=False, description="One of the keys in API_KEYS.")
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No email was ever queued under this id."}
+}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "Missing or wrong API key."},
     413: {"model": Problem, "description": "Request body larger than API_MAX_REQUEST_BYTES."},
@@ -76,17 +79,14 @@ def require_key(
 def limit_requests(key: Annotated[str, Depends(require_key)]) -> str:
     """Charge one request to the key's per-minute allowance (429 past it)."""
     settings = get_settings()
-    try:
-        charge(
-            get_redis(settings.redis_url),
-            key,
-            requests=1,
-            recipients=0,
-            max_requests=settings.api_rate_limit_requests,
-            max_recipients=settings.api_rate_limit_recipients,
-        )
-    except redis.RedisError as exc:
-        raise QueueUnavailable("cannot reach Redis") from exc
+    charge(
+        get_redis(settings.redis_url),
+        key,
+        requests=1,
+        recipients=0,
+        max_requests=settings.api_rate_limit_requests,
+        max_recipients=settings.api_rate_limit_recipients,
+    )
     return key
 
 
@@ -108,17 +108,14 @@ def queue_email(request: EmailRequest, key: Key) -> Queued:
     from tasks import send_email
 
     settings = get_settings()
-    try:
-        charge(
-            get_redis(settings.redis_url),
-            key,
-            requests=0,
-            recipients=len(request.recipients()),
-            max_requests=settings.api_rate_limit_requests,
-            max_recipients=settings.api_rate_limit_recipients,
-        )
-    except redis.RedisError as exc:
-        raise QueueUnavailable("cannot reach Redis") from exc
+    charge(
+        get_redis(settings.redis_url),
+        key,
+        requests=0,
+        recipients=len(request.recipients()),
+        max_requests=settings.api_rate_limit_requests,
+        max_recipients=settings.api_rate_limit_recipients,
+    )
     result = send_email.enqueue(request)
     record = get_store().get(result.id)
     return Queued(id=result.id, status=record["status"] if record else "queued")
@@ -128,14 +125,11 @@ def queue_email(request: EmailRequest, key: Key) -> Queued:
     "/{email_id}",
     response_model=EmailStatus,
     summary="Status of an email",
-    responses={404: {"model": Problem, "description": "No email was ever queued under this id."}},
+    responses=_NOT_FOUND,
 )
 def email_status(email_id: str) -> EmailStatus:
     """The email's status, attempts, last error, timestamps and attempt timeline."""
-    try:
-        record = get_store().get(email_id)
-    except redis.RedisError as exc:
-        raise QueueUnavailable("cannot reach Redis") from exc
+    record = get_store().get(email_id)
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no email with this id")
     return _status(record)
@@ -155,10 +149,7 @@ def list_emails(
     ] = None,
 ) -> EmailPage:
     """Failed emails, newest first, paged with ``before``."""
-    try:
-        records, cursor = list_failed(limit, before)
-    except redis.RedisError as exc:
-        raise QueueUnavailable("cannot reach Redis") from exc
+    records, cursor = list_failed(limit, before)
     items = [_status(record) for record in records]
     return EmailPage(items=items, next_before=cursor)
 
@@ -171,10 +162,7 @@ def list_emails(
 def requeue_failed(body: RequeueFilter) -> Requeued:
     """Requeue every failed email, optionally only one error class or those failed before a time."""
     before = body.failed_before.timestamp() if body.failed_before else None
-    try:
-        count = requeue_all(body.error_class, before)
-    except redis.RedisError as exc:
-        raise QueueUnavailable("cannot reach Redis") from exc
+    count = requeue_all(body.error_class, before)
     return Requeued(requeued=count)
 
 
@@ -194,8 +182,6 @@ def requeue_one(email_id: str) -> Queued:
         done = requeue(email_id)
     except EmailNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no email with this id") from None
-    except redis.RedisError as exc:
-        raise QueueUnavailable("cannot reach Redis") from exc
     if not done:
         raise HTTPException(status.HTTP_409_CONFLICT, "only a failed email can be requeued")
     return Queued(id=email_id)
@@ -205,12 +191,9 @@ def requeue_one(email_id: str) -> Queued:
 def purge_address(body: PurgeRequest) -> Purged:
     """Delete the stored content of every email to this address (unsent ones are cancelled)."""
     store = get_store()
-    try:
-        ids = store.emails_to(body.address)
-        purged = sum(1 for email_id in ids if store.purge(email_id) is not None)
-        store.forget_recipient(body.address)
-    except redis.RedisError as exc:
-        raise QueueUnavailable("cannot reach Redis") from exc
+    ids = store.emails_to(body.address)
+    purged = sum(1 for email_id in ids if store.purge(email_id) is not None)
+    store.forget_recipient(body.address)
     log_event(logger, "emails.purged", count=purged)
     return Purged(purged=purged)
 
@@ -219,16 +202,13 @@ def purge_address(body: PurgeRequest) -> Purged:
     "/{email_id}",
     response_model=EmailStatus,
     summary="Delete an email's stored content",
-    responses={404: {"model": Problem, "description": "No email was ever queued under this id."}},
+    responses=_NOT_FOUND,
 )
 def purge_email(email_id: str) -> EmailStatus:
     """Delete the email's content and refused addresses; an unsent email is cancelled. The status stays."""
     store = get_store()
-    try:
-        status_now = store.purge(email_id)
-        record = store.get(email_id) if status_now else None
-    except redis.RedisError as exc:
-        raise QueueUnavailable("cannot reach Redis") from exc
+    status_now = store.purge(email_id)
+    record = store.get(email_id) if status_now else None
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no email with this id")
     log_event(logger, "email.purged", id=email_id, status=status_now)
@@ -237,10 +217,7 @@ def purge_email(email_id: str) -> EmailStatus:
 
 def metrics() -> Response:
     """Prometheus metrics: totals, latency histograms and true queue depth (no personal data)."""
-    try:
-        body = render_metrics(get_redis(get_settings().redis_url))
-    except redis.RedisError as exc:
-        raise QueueUnavailable("cannot reach Redis") from exc
+    body = render_metrics(get_redis(get_settings().redis_url))
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
@@ -275,6 +252,8 @@ async def _rate_limited(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, redis.RedisError):
+        exc = unavailable(exc)
     return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
@@ -399,5 +378,7 @@ def create_app() -> FastAPI:
     app.add_middleware(StartupCheck)
     app.add_exception_handler(InvalidEmail, _invalid)
     app.add_exception_handler(QueueUnavailable, _unavailable)
+    # Any Redis failure in a route is a 503 naming Redis (password hidden), never a 500.
+    app.add_exception_handler(redis.RedisError, _unavailable)
     app.add_exception_handler(RateLimited, _rate_limited)
     return app

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from neoforge.backoff import retry_delay
 from neoforge.delivery import Accepted, build_message, deliver, run_in_worker_loop
 from neoforge.enqueue import check_renders, validate
-from neoforge.errors import PermanentDeliveryError, QueueUnavailable, TransientDeliveryError
+from neoforge.errors import DeliveryError, PermanentDeliveryError, QueueUnavailable, TransientDeliveryError
 from neoforge.logs import log_event
 from neoforge.message import EmailRequest
 from neoforge.redact import mask_addresses
@@ -255,6 +255,13 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
         return {"id": email_id, "status": status, "skipped": True}
     log_event(logger, "email.sending", id=email_id, attempt=number, worker=worker)
     started, t0 = now_iso(), time.monotonic()
+
+    def fail(exc: DeliveryError, **extra: Any) -> None:
+        details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
+        store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details), priority)
+        log_event(logger, "email.failed", logging.WARNING, id=email_id, attempt=number, smtp_code=exc.code,
+                  error_class=exc.error_class, **extra)  # fmt: skip
+
     try:
         try:
             request = EmailRequest.model_validate_json(payload)
@@ -270,20 +277,10 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
         if held:
             accepted = Accepted(accepted.reply, [*accepted.refused, *held])
     except TransientDeliveryError as exc:
-        details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
         if number > settings.email_max_retries:
-            store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details), priority)
-            log_event(
-                logger,
-                "email.failed",
-                logging.WARNING,
-                id=email_id,
-                attempt=number,
-                smtp_code=exc.code,
-                error_class=exc.error_class,
-                reason="retries exhausted",
-            )
+            fail(exc, reason="retries exhausted")
             raise
+        details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
         delay = retry_delay(number, settings.email_retry_backoff, settings.email_retry_backoff_max)
         next_at = iso(datetime.now(UTC) + timedelta(seconds=delay))
         attempt = _attempt(number, started, t0, worker, "retry", retry_in=round(delay, 3), **details)
@@ -309,17 +306,7 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
             # visibility timeout).
             raise Reject(rejected.reason, requeue=True) from exc
     except PermanentDeliveryError as exc:
-        details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
-        store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details), priority)
-        log_event(
-            logger,
-            "email.failed",
-            logging.WARNING,
-            id=email_id,
-            attempt=number,
-            smtp_code=exc.code,
-            error_class=exc.error_class,
-        )
+        fail(exc)
         raise
     except redis.RedisError as exc:
         # Redis went away before anything was sent: hand the message back.
