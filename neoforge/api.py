@@ -36,7 +36,7 @@ from neoforge.schemas import (
     RequeueFilter,
 )
 from neoforge.settings import get_settings
-from neoforge.store import get_store, unavailable
+from neoforge.store import get_store
 
 __all__ = ["create_app"]
 
@@ -47,6 +47,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "No email was ever queued under this id."}
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body is not valid JSON (or not UTF-8)."},
     401: {"model": Problem, "description": "Missing or wrong API key."},
     413: {"model": Problem, "description": "Request body larger than API_MAX_REQUEST_BYTES."},
     429: {
@@ -145,7 +146,7 @@ def list_emails(
     status_filter: Annotated[Literal["failed"], Query(alias="status", description="Only failed is listed.")],
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[
-        float | None, Query(description="Cursor from next_before of the previous page.")
+        float | None, Query(description="Cursor from next_before of the previous page.", allow_inf_nan=False)
     ] = None,
 ) -> EmailPage:
     """Failed emails, newest first, paged with ``before``."""
@@ -252,9 +253,11 @@ async def _rate_limited(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, redis.RedisError):
-        exc = unavailable(exc)
-    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    # The details (which Redis, which error) go to the log, not to API clients.
+    log_event(logger, "api.redis_unavailable", logging.WARNING, reason=type(exc).__name__)
+    return JSONResponse(
+        {"detail": "cannot reach Redis: try again later"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
+    )
 
 
 def _startup_problem() -> str | None:
@@ -378,7 +381,8 @@ def create_app() -> FastAPI:
     app.add_middleware(StartupCheck)
     app.add_exception_handler(InvalidEmail, _invalid)
     app.add_exception_handler(QueueUnavailable, _unavailable)
-    # Any Redis failure in a route is a 503 naming Redis (password hidden), never a 500.
-    app.add_exception_handler(redis.RedisError, _unavailable)
+    # Redis out of reach in any route is a 503; other Redis errors are defects (500).
+    app.add_exception_handler(redis.ConnectionError, _unavailable)
+    app.add_exception_handler(redis.TimeoutError, _unavailable)
     app.add_exception_handler(RateLimited, _rate_limited)
     return app

@@ -104,6 +104,11 @@ async def build_message(email_id: str, request: EmailRequest, body: Rendered) ->
     message = await _mail(settings).get_message(schema)
     if not isinstance(message, Message):
         raise PermanentDeliveryError("message could not be built")
+    # fastapi-mail sets a charset (and so a base64 transfer encoding) on the
+    # multipart container itself, which MIME forbids: keep them on the parts.
+    if message.is_multipart():
+        del message["Content-Transfer-Encoding"]
+        message.del_param("charset")
     # Bcc stays in the envelope only; the id in Message-ID lets a support
     # engineer match a received mail to its status record.
     domain = settings.smtp_from.rpartition("@")[2]

@@ -43,9 +43,15 @@ _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$")
 
 
+# Every control character but tab: besides CR and LF, the email package also
+# breaks header lines at VT, FF and the file/group/record separators, which
+# would let a value start a header of its own.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+
+
 def _single_line(value: str) -> str:
-    if any(ch in value for ch in "\r\n\x00"):
-        raise ValueError("must not contain CR, LF or NUL")
+    if _CONTROL.search(value):
+        raise ValueError("must not contain CR, LF, NUL or other control characters")
     return value
 
 
@@ -135,10 +141,12 @@ class EmailRequest(BaseModel):
         "transactional", description="transactional (resets, codes) is served ahead of bulk."
     )
     send_at: AwareDatetime | None = Field(
-        None, description="Send no earlier than this time (with a time zone; at most 30 days ahead)."
+        None,
+        strict=True,
+        description="Send no earlier than this time (with a time zone; at most 30 days ahead).",
     )
     expires_at: AwareDatetime | None = Field(
-        None, description="Never send after this time: the email ends as expired instead."
+        None, strict=True, description="Never send after this time: the email ends as expired instead."
     )
     idempotency_key: SingleLine | None = Field(
         None,

@@ -113,7 +113,9 @@ class RequeueFilter(BaseModel):
     """Which failed emails to requeue; empty means all."""
 
     error_class: str | None = Field(None, description="Only this error class, e.g. smtp_4xx or connection.")
-    failed_before: AwareDatetime | None = Field(None, description="Only emails that failed before this time.")
+    failed_before: AwareDatetime | None = Field(
+        None, strict=True, description="Only emails that failed before this time."
+    )
 
 
 class Requeued(BaseModel):

@@ -99,8 +99,8 @@ class Settings(BaseSettings):
     @field_validator("smtp_from_name")
     @classmethod
     def _single_line(cls, value: str) -> str:
-        if any(ch in value for ch in "\r\n\x00"):
-            raise ValueError("must not contain CR, LF or NUL")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("must not contain control characters")
         return value
 
     @field_validator("redis_url")
