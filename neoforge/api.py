@@ -117,9 +117,11 @@ def queue_email(request: EmailRequest, key: Key) -> Queued:
         max_requests=settings.api_rate_limit_requests,
         max_recipients=settings.api_rate_limit_recipients,
     )
-    result = send_email.enqueue(request)
-    record = get_store().get(result.id)
-    return Queued(id=result.id, status=record["status"] if record else "queued")
+    email_id, queued_as = send_email.queue_request(request)
+    if queued_as is None:  # an idempotency key seen before: that email's id and status
+        record = get_store().get(email_id)
+        queued_as = record["status"] if record else "queued"
+    return Queued(id=email_id, status=queued_as)
 
 
 @emails.get(

@@ -92,7 +92,14 @@ class EmailTask(Task):  # type: ignore[misc]
         return result
 
     def enqueue(self, request: EmailRequest, *, checked: bool = False, **options: Any) -> AsyncResult:
-        """Record REQUEST and publish it (or hold it until ``send_at``); return its result handle.
+        """Record REQUEST and publish it (or hold it until ``send_at``); return its result handle."""
+        email_id, _ = self.queue_request(request, checked=checked, **options)
+        return self.AsyncResult(email_id)
+
+    def queue_request(
+        self, request: EmailRequest, *, checked: bool = False, **options: Any
+    ) -> tuple[str, str | None]:
+        """Record and publish REQUEST; return (id, "queued" or "scheduled"), or (earlier id, None).
 
         Nothing is left behind on failure: the record is written before the
         message is published (so the status is ``queued`` the moment the id
@@ -136,7 +143,7 @@ class EmailTask(Task):  # type: ignore[misc]
             raise unavailable(exc) from exc
         if recorded != email_id:
             log_event(logger, "email.duplicate", id=recorded)
-            return self.AsyncResult(recorded)
+            return recorded, None
         if due is None:
             try:
                 self._publish(email_id, {**options, "queue": queue, "first_publish": True})
@@ -154,7 +161,7 @@ class EmailTask(Task):  # type: ignore[misc]
             queue=queue,
             scheduled=due is not None,
         )
-        return self.AsyncResult(email_id)
+        return email_id, "queued" if due is None else "scheduled"
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if isinstance(exc, TimeLimitExceeded):

@@ -1,0 +1,277 @@
+"""Run the benchmark: ``python -m bench.run [--quick|--full] [--json PATH]``.
+
+Every scenario runs the baseline and NeoForge Mail one after the other in this
+run, on the same machine and the same real servers; the table gives both and
+their ratio. Everything is started here on free 127.0.0.1 ports and stopped
+again by PID, also on error; ``smtp-sink`` (Debian's ``postfix``) is installed
+first if missing, which needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench.api import ApiResult, post_emails
+from bench.drain import DrainResult, drain
+from bench.report import Row, bottlenecks, cpu_cell, render_table, write_json
+from bench.sink import ensure_smtp_sink
+from bench.stack import ROOT, Stack
+
+__all__ = ["MODES", "Sizes", "main"]
+
+SLOW_REPLY_DELAY = 0.04  # seconds the slow server takes for each reply
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many emails and requests each scenario uses."""
+
+    loopback: int
+    slow_ours: int
+    slow_baseline: int  # the baseline manages a few emails a second there
+    api_requests: int
+    api_warmup: int
+    api_concurrency: int
+
+
+MODES = {
+    "quick": Sizes(loopback=2000, slow_ours=300, slow_baseline=60, api_requests=1000, api_warmup=100,
+                   api_concurrency=16),
+    "full": Sizes(loopback=10000, slow_ours=1500, slow_baseline=300, api_requests=5000, api_warmup=300,
+                  api_concurrency=16),
+}  # fmt: skip
+SYSTEMS = ("baseline", "ours")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="the default")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full")
+    parser.add_argument(
+        "--json", type=Path, default=ROOT / "bench" / "results" / "latest.json", help="where to write results"
+    )
+    parser.add_argument(
+        "--scenarios", default="a,b,e", help="which of a (loopback; gives f too), b (slow server), e (API)"
+    )
+    parser.add_argument("--keep-logs", action="store_true", help="keep the run's folder of process logs")
+    parser.set_defaults(mode="quick")
+    return parser.parse_args(argv)
+
+
+def _bulk_note() -> str:
+    from neoforge import EmailService
+
+    if hasattr(EmailService, "send_bulk"):
+        return (
+            "not measured: EmailService.send_bulk exists but this benchmark has no scenario for it yet (TODO)"
+        )
+    return "not measured: EmailService has no send_bulk yet (TODO once it exists)"
+
+
+def _scenarios(stack: Stack, sizes: Sizes, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    if "a" in wanted:
+        results["a"] = {system: drain(stack, system, sizes.loopback) for system in SYSTEMS}
+    if "b" in wanted:
+        counts = {"baseline": sizes.slow_baseline, "ours": sizes.slow_ours}
+        results["b"] = {system: drain(stack, system, counts[system], SLOW_REPLY_DELAY) for system in SYSTEMS}
+    if "e" in wanted:
+        results["e"] = {
+            system: post_emails(stack, system, sizes.api_requests, sizes.api_concurrency, sizes.api_warmup)
+            for system in SYSTEMS
+        }
+    return results
+
+
+def _rows(results: dict[str, dict[str, Any]], sizes: Sizes) -> list[Row]:
+    rows: list[Row] = []
+    if "a" in results:
+        a: dict[str, DrainResult] = results["a"]
+        cpu = cpu_cell({s: r.cpu for s, r in a.items()})
+        n = sizes.loopback
+        rows += [
+            Row(f"(a) loopback smtp-sink: emails/s, worker start → {n}th delivery", a["baseline"].rate,
+                a["ours"].rate, cpu=cpu),
+            Row("(a) same run, steady rate: 1st → last delivery", a["baseline"].steady_rate,
+                a["ours"].steady_rate, cpu="(same run)"),
+        ]  # fmt: skip
+    if "b" in results:
+        b: dict[str, DrainResult] = results["b"]
+        label = f"(b) {SLOW_REPLY_DELAY * 1000:.0f} ms per SMTP reply: emails/s, worker start → last delivery"
+        rows += [
+            Row(f"{label} (N={sizes.slow_baseline} baseline, {sizes.slow_ours} ours)", b["baseline"].rate,
+                b["ours"].rate, digits=2, cpu=cpu_cell({s: r.cpu for s, r in b.items()})),
+            Row("(b) same run, steady rate: 1st → last delivery", b["baseline"].steady_rate,
+                b["ours"].steady_rate, digits=2, cpu="(same run)"),
+        ]  # fmt: skip
+    note = _bulk_note()
+    rows += [
+        Row("(c) bulk send", note=note),
+        Row("(d) transactional latency under a bulk backlog", note=note),
+    ]
+    if "e" in results:
+        e: dict[str, ApiResult] = results["e"]
+        label = f"(e) POST /emails, {sizes.api_concurrency} concurrent clients, {sizes.api_requests} requests"
+        rows += [
+            Row(f"{label}: requests/s", e["baseline"].rate, e["ours"].rate,
+                cpu=cpu_cell({s: r.cpu for s, r in e.items()})),
+            Row("(e) same run: p50 latency, ms (lower is better)", e["baseline"].p50_ms, e["ours"].p50_ms,
+                digits=2, cpu="(same run)"),
+            Row("(e) same run: p99 latency, ms (lower is better)", e["baseline"].p99_ms, e["ours"].p99_ms,
+                digits=2, cpu="(same run)"),
+        ]  # fmt: skip
+    else:
+        rows.append(Row("(e) POST /emails", note="not run (--scenarios)"))
+    if "a" in results:
+        rows += [
+            Row(f"(f) Redis bytes per queued email, {n} queued, no worker (lower is better)",
+                a["baseline"].redis_bytes_per_email, a["ours"].redis_bytes_per_email, digits=0,
+                cpu="(measured before (a)'s worker starts)"),
+            Row("enqueue from app code: .delay() calls/s, one thread", a["baseline"].enqueue_rate,
+                a["ours"].enqueue_rate, cpu="(bench process)"),
+        ]  # fmt: skip
+    return rows
+
+
+def _notes(results: dict[str, dict[str, Any]]) -> list[str]:
+    notes = []
+    drains = {key: results[key] for key in ("a", "b") if key in results}
+    if drains:
+        boots = ", ".join(
+            f"({key}) {s} {r.first_delivery_after:.1f} s"
+            for key, runs in drains.items()
+            for s, r in runs.items()
+        )
+        notes.append(
+            "'worker start → last delivery' includes the worker's start-up (first delivery after: "
+            f"{boots}); in (b) the baseline has fewer emails, so start-up weighs more in its figure: "
+            "the steady-rate row compares like with like."
+        )
+        extra = ", ".join(
+            f"({key}) {s} {r.extra_deliveries}" for key, runs in drains.items() for s, r in runs.items()
+        )
+        notes.append(f"Deliveries beyond N at the sink after the worker stopped (duplicates): {extra}.")
+    notes.append(
+        "Ours is `celery -A tasks worker` with default settings (INFO logs to a file, task events on, late "
+        "ack, prefetch 1); the baseline is bench/baseline.py (early ack, prefetch 4, results ignored, one "
+        "SMTP connection and asyncio.run per email). Same pool size, same Redis server."
+    )
+    if "e" in results:
+        notes.append(
+            "(e): one uvicorn process each, --no-access-log, no worker running; ours with "
+            "API_RATE_LIMIT_REQUESTS/RECIPIENTS raised so its per-key limiter (600/min by default) never "
+            "answers 429 (its Redis calls still run). The client runs in the bench process ('bench' CPU)."
+        )
+    return notes
+
+
+def _machine(stack: Stack) -> dict[str, Any]:
+    client = stack.redis()
+    redis_version = client.info("server")["redis_version"]
+    client.close()
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+        "python": platform.python_version(),
+        "redis_server": redis_version,
+        **{name: version(name) for name in ("celery", "kombu", "fastapi-mail", "aiosmtplib", "uvicorn")},
+    }
+
+
+def _source() -> dict[str, Any]:
+    """The commit measured and the files changed since it (read only: no index refresh, no lock)."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+        return done.stdout if done.returncode == 0 else ""
+
+    # Porcelain lines are "XY path": the status letters may start with a space.
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    return {"commit": git("rev-parse", "HEAD").strip(), "uncommitted_changes": changed}
+
+
+def _terminate(signum: int, _: FrameType | None) -> None:
+    # Turn SIGTERM into an exception so that every process we started is stopped.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the table, write the JSON; 0 on success."""
+    args = _parse(argv)
+    sizes = MODES[args.mode]
+    wanted = {name.strip() for name in args.scenarios.split(",") if name.strip()}
+    signal.signal(signal.SIGTERM, _terminate)
+    started, started_at = time.monotonic(), datetime.now(UTC)
+    stack = Stack.create(ensure_smtp_sink())
+    finished = False
+    try:
+        stack.start_redis()
+        stack.configure_this_process()
+        machine = _machine(stack)
+        source = _source()
+        results = _scenarios(stack, sizes, wanted)
+        finished = True
+    finally:
+        stack.close()
+        if finished and not args.keep_logs:
+            stack.remove_folder()
+        else:
+            print(f"bench: logs kept in {stack.folder}", file=sys.stderr)
+    rows = _rows(results, sizes)
+    limits = [
+        line
+        for key, label in (("a", "(a) loopback"), ("b", "(b) slow server"), ("e", "(e) API"))
+        if key in results
+        for line in bottlenecks(label, {s: r.cpu for s, r in results[key].items()})
+    ]
+    duration = time.monotonic() - started
+    print(render_table(rows))
+    print()
+    print("What limited the figures (CPU seconds / wall seconds; 'bench' is this process, 'other' the rest")
+    print("of the machine):")
+    for line in limits:
+        print(f"- {line}")
+    notes = _notes(results)
+    print("\nNotes:")
+    for line in notes:
+        print(f"- {line}")
+    dirty = " + uncommitted changes" if source["uncommitted_changes"] else ""
+    print(
+        f"\n{args.mode} mode, {duration:.0f} s, commit {source['commit'][:10]}{dirty}; results in {args.json}"
+    )
+    write_json(
+        args.json,
+        {
+            "mode": args.mode,
+            "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "duration_seconds": round(duration, 1),
+            "source": source,
+            "machine": machine | {"loadavg_after": Path("/proc/loadavg").read_text().split()[:3]},
+            "sizes": asdict(sizes),
+            "slow_reply_delay_seconds": SLOW_REPLY_DELAY,
+            "results": {key: {s: r.as_dict() for s, r in runs.items()} for key, runs in results.items()},
+            "table": [asdict(row) for row in rows],
+            "limits": limits,
+            "notes": notes,
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
