@@ -12,6 +12,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
@@ -22,7 +23,7 @@ from pydantic import (
 from neoforge.settings import get_settings
 from neoforge.templates import template_exists
 
-__all__ = ["ALLOWED_HEADERS", "Attachment", "EmailRequest"]
+__all__ = ["ALLOWED_HEADERS", "Attachment", "DateTimeText", "EmailRequest"]
 
 # Headers a caller may set. Everything that changes who gets the mail or how it
 # is parsed (From, To, Cc, Bcc, Return-Path, Content-*, MIME-Version, ...) is
@@ -61,7 +62,15 @@ def _ascii_address(value: str) -> str:
     return value
 
 
+def _not_a_number(value: object) -> object:
+    # An epoch number is not what the schema promises (an ISO 8601 string).
+    if isinstance(value, int | float):
+        raise ValueError("must be an ISO 8601 date-time with a time zone, not a number")
+    return value
+
+
 SingleLine = Annotated[str, AfterValidator(_single_line)]
+DateTimeText = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
 Address = Annotated[EmailStr, AfterValidator(_ascii_address)]
 
 
@@ -140,13 +149,12 @@ class EmailRequest(BaseModel):
     priority: Literal["transactional", "bulk"] = Field(
         "transactional", description="transactional (resets, codes) is served ahead of bulk."
     )
-    send_at: AwareDatetime | None = Field(
+    send_at: DateTimeText | None = Field(
         None,
-        strict=True,
         description="Send no earlier than this time (with a time zone; at most 30 days ahead).",
     )
-    expires_at: AwareDatetime | None = Field(
-        None, strict=True, description="Never send after this time: the email ends as expired instead."
+    expires_at: DateTimeText | None = Field(
+        None, description="Never send after this time: the email ends as expired instead."
     )
     idempotency_key: SingleLine | None = Field(
         None,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
+
+from neoforge.message import DateTimeText
 
 __all__ = [
     "AttemptRecord",
@@ -113,9 +115,7 @@ class RequeueFilter(BaseModel):
     """Which failed emails to requeue; empty means all."""
 
     error_class: str | None = Field(None, description="Only this error class, e.g. smtp_4xx or connection.")
-    failed_before: AwareDatetime | None = Field(
-        None, strict=True, description="Only emails that failed before this time."
-    )
+    failed_before: DateTimeText | None = Field(None, description="Only emails that failed before this time.")
 
 
 class Requeued(BaseModel):

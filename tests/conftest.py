@@ -185,6 +185,9 @@ def clean_state(redis_client: redis.Redis, smtp_server: SmtpServer) -> Iterator[
     _clean(redis_client)
     smtp_server.handler.reset()
     yield
+    # Also after: a module's worker starts before the next test's own clean-up
+    # and would otherwise deliver what this test left queued.
+    _clean(redis_client)
     smtp_server.handler.reset()
 
 
