@@ -83,9 +83,14 @@ class Scheduler:
         # Kombu restores abandoned messages after the visibility timeout plus
         # one sweep: give it that chance first.
         grace = visibility + max(1, visibility // 10) + 5
-        if not client.set(_RECOVERY_LOCK, self.token, nx=True, px=int(grace * 500)):
+        # A mutex, not a rate limit: one sweep at a time, each worker on its own clock.
+        if not client.set(_RECOVERY_LOCK, self.token, nx=True, px=30_000):
             return 0
-        return sweep_lost(get_store(), grace, self.publish)
+        try:
+            return sweep_lost(get_store(), grace, self.publish)
+        finally:
+            if client.get(_RECOVERY_LOCK) == self.token:
+                client.delete(_RECOVERY_LOCK)
 
     def run(self) -> None:
         """Sweep until stopped; Redis being down only delays the next sweep."""
