@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ def dev(
     from neoforge.devstack import DevStack
 
     configure_logging("INFO", "text")
+    # aiosmtpd narrates every connection at INFO; the catcher logs each message itself.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     stack = DevStack(data_dir.resolve(), api_port, flower_port, smtp_port, redis_port, concurrency)
     sys.exit(stack.run())
 
