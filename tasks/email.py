@@ -256,7 +256,10 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
         # Someone else is sending it right now. Look again once their lease
         # is over: by then it is sent, or their sender is gone.
         log_event(logger, "email.leased", id=email_id)
-        raise self.retry(countdown=max(1.0, number / 1000))
+        try:
+            raise self.retry(countdown=max(1.0, number / 1000))
+        except Reject as rejected:  # the re-publish failed: keep the message (see below)
+            raise Reject(rejected.reason, requeue=True) from None
     if status != "sending" or payload is None:
         log_event(logger, "email.skipped", id=email_id, status=status)
         return {"id": email_id, "status": status, "skipped": True}
