@@ -157,6 +157,7 @@ class EmailTask(Task):  # type: ignore[misc]
             logger,
             "email.queued",
             id=email_id,
+            status="queued" if due is None else "scheduled",
             template=request.template,
             queue=queue,
             scheduled=due is not None,
@@ -263,14 +264,16 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
     if status != "sending" or payload is None:
         log_event(logger, "email.skipped", id=email_id, status=status)
         return {"id": email_id, "status": status, "skipped": True}
-    log_event(logger, "email.sending", id=email_id, attempt=number, worker=worker)
+    log_event(logger, "email.sending", id=email_id, status="sending", attempt=number, worker=worker)
     started, t0 = now_iso(), time.monotonic()
 
     def fail(exc: DeliveryError, **extra: Any) -> None:
         details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
-        store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details), priority)
-        log_event(logger, "email.failed", logging.WARNING, id=email_id, attempt=number, smtp_code=exc.code,
-                  error_class=exc.error_class, **extra)  # fmt: skip
+        attempt = _attempt(number, started, t0, worker, "failed", **details)
+        store.mark_failed(email_id, attempt, priority)
+        log_event(logger, "email.failed", logging.WARNING, id=email_id, status="failed", attempt=number,
+                  smtp_code=exc.code, error_class=exc.error_class, duration_ms=attempt["duration_ms"],
+                  worker=worker, **extra)  # fmt: skip
 
     try:
         try:
@@ -302,10 +305,13 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
             logger,
             "email.retrying",
             id=email_id,
+            status="retrying",
             attempt=number,
             smtp_code=exc.code,
             error_class=exc.error_class,
+            duration_ms=attempt["duration_ms"],
             retry_in=round(delay, 3),
+            worker=worker,
         )
         try:
             raise self.retry(exc=exc, countdown=delay) from exc
@@ -334,8 +340,10 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
         logger,
         "email.sent",
         id=email_id,
+        status="sent",
         attempt=number,
         duration_ms=attempt["duration_ms"],
         refused=len(accepted.refused),
+        worker=worker,
     )
     return {"id": email_id, "status": "sent", "attempt": number}
