@@ -28,7 +28,10 @@ def list_failed(limit: int = 50, before: float | None = None) -> tuple[list[dict
 
 
 def requeue(email_id: str) -> bool:
-    """Send a failed email again under the same id; False if it is not failed (EmailNotFound if unknown)."""
+    """Send a failed email again under the same id; False if it is not failed or was purged.
+
+    Raises EmailNotFound for an unknown id.
+    """
     from tasks import send_email
 
     store = get_store()
@@ -38,7 +41,8 @@ def requeue(email_id: str) -> bool:
     if not store.requeue(email_id):
         return False
     try:
-        send_email.apply_async((email_id,), queue=record.get("queue") or "transactional")
+        # Already in the pending index (store.requeue): a lost publish is recovered.
+        send_email.apply_async((email_id,), queue=record.get("queue") or "transactional", first_publish=True)
     except QueueUnavailable:
         # Back to the dead letters, with the reason in its history.
         store.mark_failed(email_id, event("failed", "requeue could not publish", "requeue"))

@@ -84,28 +84,38 @@ end
 return ARGV[1]
 """
 
-# Start an attempt. Missing, finished, scheduled or expired emails are
-# reported and left alone; an email leased by another sender is reported with
-# the lease holder. KEYS: record, payload, lease.
-# ARGV: now (ISO), worker, lease value, lease ms, now (epoch), dead lease to break.
+# Start an attempt. Missing, finished or scheduled emails are reported and
+# left alone; an email leased by another sender is reported with the lease
+# holder. Expiry is judged only once the lease is ours, so a stray message
+# cannot expire an email another worker is sending. An active email whose
+# content was purged is cancelled. KEYS: record, payload, lease, pending,
+# metrics. ARGV: now (ISO), worker, lease value, lease ms, now (epoch), dead
+# lease to break, id.
 _BEGIN = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', false, 0} end
 if status ~= 'queued' and status ~= 'sending' and status ~= 'retrying' then
   return {status, false, 0}
 end
-local expires = redis.call('HGET', KEYS[1], 'expires_ts')
-if expires and expires ~= '' and tonumber(expires) <= tonumber(ARGV[5]) then
-  redis.call('HSET', KEYS[1], 'status', 'expired', 'updated_at', ARGV[1], 'next_attempt_at', '')
-  redis.call('DEL', KEYS[2])
-  redis.call('ZREM', KEYS[4], ARGV[7])
-  local priority = redis.call('HGET', KEYS[1], 'priority') or 'transactional'
-  redis.call('HINCRBY', KEYS[5], 'expired|' .. priority, 1)
-  return {'expired', false, 0}
-end
 if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('DEL', KEYS[3]) end
 if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then
   return {'leased', redis.call('GET', KEYS[3]), redis.call('PTTL', KEYS[3])}
+end
+local function finish(final)
+  redis.call('HSET', KEYS[1], 'status', final, 'updated_at', ARGV[1], 'next_attempt_at', '')
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('ZREM', KEYS[4], ARGV[7])
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  finish('cancelled')
+  return {'cancelled', false, 0}
+end
+local expires = redis.call('HGET', KEYS[1], 'expires_ts')
+if expires and expires ~= '' and tonumber(expires) <= tonumber(ARGV[5]) then
+  finish('expired')
+  local priority = redis.call('HGET', KEYS[1], 'priority') or 'transactional'
+  redis.call('HINCRBY', KEYS[5], 'expired|' .. priority, 1)
+  return {'expired', false, 0}
 end
 redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[1], 'worker', ARGV[2])
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -114,13 +124,19 @@ local priority = redis.call('HGET', KEYS[1], 'priority') or 'transactional'
 return {'sending', redis.call('GET', KEYS[2]), n, created, priority}
 """
 
-# Put a failed email back in the queue: attempts restart, history stays.
-# KEYS: record, attempts, failed index. ARGV: id, now (ISO), timeline entry.
+# Put a failed email back in the queue: attempts restart, history stays; it
+# enters the pending index at once, so that a failed publish is recovered.
+# A purged email (no content left) cannot be requeued.
+# KEYS: record, attempts, failed index, payload, pending. ARGV: id, now (ISO), timeline entry.
 _REQUEUE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then return 0 end
+if redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
+local now = redis.call('TIME')
+local ts = now[1] + now[2] / 1000000
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0, 'updated_at', ARGV[2],
-           'requeued_at', ARGV[2], 'next_attempt_at', '')
+           'requeued_at', ARGV[2], 'next_attempt_at', '', 'published_ts', ts)
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[5], ts, ARGV[1])
 redis.call('RPUSH', KEYS[2], ARGV[3])
 return 1
 """
@@ -272,7 +288,7 @@ class StatusStore:
         )
         return str(result)
 
-    def discard(self, email_id: str, idempotency: str | None = None) -> None:
+    def discard(self, email_id: str) -> None:
         """Remove every trace of an email that could not be queued (its queued count included)."""
         priority = str(self.client.hget(email_key(email_id), "priority") or "transactional")
         with self.client.pipeline(transaction=True) as pipe:
@@ -281,10 +297,6 @@ class StatusStore:
             pipe.zrem(SCHEDULED, email_id)
             pipe.zrem(PENDING, email_id)
             pipe.execute()
-        if idempotency is not None:
-            key = idempotency_key(idempotency)
-            if self.client.get(key) == email_id:
-                self.client.delete(key)
 
     def begin_attempt(
         self, email_id: str, worker: str, lease: str, lease_seconds: float, break_lease: str = ""
@@ -348,6 +360,7 @@ class StatusStore:
             pipe.rpush(attempts_key(email_id), _json(attempt))
             pipe.delete(payload_key(email_id), lease_key(email_id))
             pipe.zrem(PENDING, email_id)
+            pipe.zrem(FAILED_INDEX, email_id)  # the server took it: never a dead letter
             pipe.hincrby(METRICS, f"sent|{priority}", 1)
             _observe(pipe, LATENCY, LATENCY_BUCKETS, latency)
             _observe(pipe, SEND_DURATION, DURATION_BUCKETS, attempt["duration_ms"] / 1000)
@@ -379,20 +392,22 @@ class StatusStore:
             pipe.delete(lease_key(email_id))
             pipe.execute()
 
+    def fail_if_sending(self, email_id: str, attempt: Attempt) -> bool:
+        """mark_failed, but only while the email is still sending (a late, parent-side verdict)."""
+        if self.client.hget(email_key(email_id), "status") != "sending":
+            return False
+        self.mark_failed(email_id, attempt)
+        return True
+
     def requeue(self, email_id: str) -> bool:
-        """Turn a failed email back into a queued one (the caller publishes it); False if not failed."""
-        now = now_iso()
-        entry = {
-            "attempt": 0,
-            "started_at": now,
-            "finished_at": now,
-            "duration_ms": 0,
-            "worker": "",
-            "outcome": "requeued",
-        }
+        """Turn a failed email back into a queued one (the caller publishes it).
+
+        False if it is not failed, or its content was purged.
+        """
+        entry = event("requeued")
         done = self._requeue(
-            keys=[email_key(email_id), attempts_key(email_id), FAILED_INDEX],
-            args=[email_id, now, _json(entry)],
+            keys=[email_key(email_id), attempts_key(email_id), FAILED_INDEX, payload_key(email_id), PENDING],
+            args=[email_id, entry["started_at"], _json(entry)],
         )
         return bool(done)
 

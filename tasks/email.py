@@ -148,8 +148,12 @@ class EmailTask(Task):  # type: ignore[misc]
             try:
                 self._publish(email_id, {**options, "queue": queue, "first_publish": True})
             except QueueUnavailable:
+                if request.idempotency_key:
+                    # Another request may already hold this id through the key:
+                    # keep the record; the recovery sweep publishes it later.
+                    raise
                 try:
-                    store.discard(email_id, request.idempotency_key)
+                    store.discard(email_id)
                 except redis.RedisError:
                     log_event(logger, "email.discard_failed", logging.WARNING, id=email_id)
                 raise
@@ -170,10 +174,11 @@ class EmailTask(Task):  # type: ignore[misc]
             # dialogue got, so a person decides (requeue) rather than risk a
             # second copy.
             error = f"task time limit exceeded ({exc})"
-            get_store().mark_failed(
-                task_id, event("failed", error, "time_limit", self.request.hostname or "")
-            )
-            log_event(logger, "email.failed", logging.WARNING, id=task_id, error_class="time_limit")
+            entry = event("failed", error, "time_limit", self.request.hostname or "")
+            # Only if the killed child did not record an outcome first.
+            with contextlib.suppress(redis.RedisError):
+                if get_store().fail_if_sending(task_id, entry):
+                    log_event(logger, "email.failed", logging.WARNING, id=task_id, error_class="time_limit")
 
 
 def _attempt(number: int, started: str, t0: float, worker: str, outcome: str, **extra: Any) -> Attempt:
@@ -194,11 +199,24 @@ def _body(request: EmailRequest) -> Rendered:
     return Rendered(html=request.html, text=request.text)
 
 
+def _host() -> str:
+    # Host name and PID namespace together: two containers may share a host
+    # name, and a PID means something only within its namespace.
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = "?"
+    return f"{socket.gethostname()}~{namespace}"
+
+
+_HOST = _host()
+
+
 def _holder_is_dead(holder: str) -> bool:
-    """True when the lease HOLDER ("host|pid|token") is a process on this host that no longer runs."""
+    """True when the lease HOLDER ("host|pid|token") is a process of this host and namespace that is gone."""
     host, _, rest = holder.partition("|")
     pid = rest.partition("|")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != _HOST or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -240,7 +258,7 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
     settings = get_settings()
     store = get_store()
     worker = self.request.hostname or socket.gethostname()
-    lease = f"{socket.gethostname()}|{os.getpid()}|{uuid.uuid4().hex}"
+    lease = f"{_HOST}|{os.getpid()}|{uuid.uuid4().hex}"
     lease_seconds = settings.email_task_time_limit + 5
     try:
         status, payload, number, created, priority = store.begin_attempt(

@@ -257,3 +257,15 @@ def test_staging_allowed_domains(smtp_server: SmtpServer, settings_env: Any) -> 
     outside = send_email.delay(**_email(to=["c@other.example.com"])).id
     assert wait_for_status(outside, {"failed"})["error_class"] == "not_allowed"
     assert len(smtp_server.handler.messages) == 1
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_purged_dead_letter_cannot_be_requeued(api: Any, smtp_server: SmtpServer) -> None:
+    from tasks import send_email
+
+    smtp_server.handler.data_replies.append("550 5.1.1 no")
+    email_id = send_email.delay(**_email(subject="purged dead letter")).id
+    wait_for_status(email_id, {"failed"})
+    assert api.delete(f"/emails/{email_id}", headers=AUTH).json()["status"] == "failed"
+    assert api.post(f"/emails/{email_id}/requeue", headers=AUTH).status_code == 409
+    assert smtp_server.handler.by_subject("purged dead letter") == []
