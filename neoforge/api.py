@@ -16,15 +16,18 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from neoforge.bulk import queue_bulk
 from neoforge.deadletters import list_failed, requeue, requeue_all
 from neoforge.embedded import EmbeddedWorker
 from neoforge.errors import ConfigurationError, EmailNotFound, InvalidEmail, QueueUnavailable
 from neoforge.logs import configure_logging, log_event
-from neoforge.message import EmailRequest
+from neoforge.message import BulkRequest, EmailRequest
 from neoforge.metrics import render as render_metrics
 from neoforge.ratelimit import RateLimited, charge
 from neoforge.redis_client import close_all, get_redis, safe_url
 from neoforge.schemas import (
+    BatchQueued,
+    BatchSummary,
     EmailPage,
     EmailStatus,
     Health,
@@ -77,17 +80,18 @@ def require_key(
     return given.decode()
 
 
+def _charge(key: str, requests: int, recipients: int) -> None:
+    settings = get_settings()
+    limits = {
+        "max_requests": settings.api_rate_limit_requests,
+        "max_recipients": settings.api_rate_limit_recipients,
+    }
+    charge(get_redis(settings.redis_url), key, requests=requests, recipients=recipients, **limits)
+
+
 def limit_requests(key: Annotated[str, Depends(require_key)]) -> str:
     """Charge one request to the key's per-minute allowance (429 past it)."""
-    settings = get_settings()
-    charge(
-        get_redis(settings.redis_url),
-        key,
-        requests=1,
-        recipients=0,
-        max_requests=settings.api_rate_limit_requests,
-        max_recipients=settings.api_rate_limit_recipients,
-    )
+    _charge(key, requests=1, recipients=0)
     return key
 
 
@@ -108,20 +112,26 @@ def queue_email(request: EmailRequest, key: Key) -> Queued:
     """Validate and queue an email; returns its id at once. Delivery happens in a worker."""
     from tasks import send_email
 
-    settings = get_settings()
-    charge(
-        get_redis(settings.redis_url),
-        key,
-        requests=0,
-        recipients=len(request.recipients()),
-        max_requests=settings.api_rate_limit_requests,
-        max_recipients=settings.api_rate_limit_recipients,
-    )
+    _charge(key, requests=0, recipients=len(request.recipients()))
     email_id, queued_as = send_email.queue_request(request)
     if queued_as is None:  # an idempotency key seen before: that email's id and status
         record = get_store().get(email_id)
         queued_as = record["status"] if record else "queued"
     return Queued(id=email_id, status=queued_as)
+
+
+@emails.post(
+    "/bulk",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=BatchQueued,
+    summary="Queue one template to many recipients",
+    responses={422: {"description": "Invalid input: the detail names each bad recipient and field."}},
+)
+def queue_bulk_emails(body: BulkRequest, key: Key) -> BatchQueued:
+    """Up to 10,000 recipients, each with its own context; each becomes an email with its own status."""
+    _charge(key, requests=0, recipients=len(body.recipients))
+    batch_id, ids = queue_bulk(body)
+    return BatchQueued(batch_id=batch_id, ids=ids)
 
 
 @emails.get(
@@ -216,6 +226,21 @@ def purge_email(email_id: str) -> EmailStatus:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no email with this id")
     log_event(logger, "email.purged", id=email_id, status=status_now)
     return _status(record)
+
+
+batches = APIRouter(
+    prefix="/batches", tags=["emails"], dependencies=[Depends(limit_requests)], responses=_ERRORS
+)
+
+
+@batches.get("/{batch_id}", response_model=BatchSummary, summary="Progress of a bulk send",
+             responses={404: {"model": Problem, "description": "No such batch."}})  # fmt: skip
+def batch_summary(batch_id: str) -> BatchSummary:
+    """How many of the batch's emails are queued, sent, failed, ..."""
+    summary = get_store().batch_summary(batch_id)
+    if summary is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no batch with this id")
+    return BatchSummary.model_validate(summary)
 
 
 def metrics() -> Response:
@@ -363,6 +388,7 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(emails)
+    app.include_router(batches)
     app.add_api_route(
         "/health",
         health,

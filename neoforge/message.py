@@ -23,7 +23,7 @@ from pydantic import (
 from neoforge.settings import get_settings
 from neoforge.templates import template_exists
 
-__all__ = ["ALLOWED_HEADERS", "Attachment", "DateTimeText", "EmailRequest"]
+__all__ = ["ALLOWED_HEADERS", "Attachment", "BulkRecipient", "BulkRequest", "DateTimeText", "EmailRequest"]
 
 # Headers a caller may set. Everything that changes who gets the mail or how it
 # is parsed (From, To, Cc, Bcc, Return-Path, Content-*, MIME-Version, ...) is
@@ -226,3 +226,39 @@ class EmailRequest(BaseModel):
     def recipients(self) -> list[str]:
         """Every envelope recipient: to, cc and bcc, each once."""
         return list(dict.fromkeys([*self.to, *self.cc, *self.bcc]))
+
+
+class BulkRecipient(BaseModel):
+    """One recipient of a bulk send, with the template variables for them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: Address = Field(description="The recipient.")
+    context: dict[str, Any] = Field(
+        default_factory=dict, description="Template variables for this recipient."
+    )
+
+
+class BulkRequest(BaseModel):
+    """One template to many recipients: each becomes an email of its own (status, retries, dead letter)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    template: str = Field(description="Name of a template in templates/.")
+    subject: SingleLine = Field(min_length=1, max_length=998, description="Subject line, the same for all.")
+    recipients: list[BulkRecipient] = Field(min_length=1, max_length=10_000, description="Up to 10,000.")
+    context: dict[str, Any] = Field(
+        default_factory=dict, description="Variables shared by every recipient (theirs take precedence)."
+    )
+    reply_to: list[Address] = Field(default_factory=list, description="Reply-To: addresses.")
+    headers: dict[str, SingleLine] = Field(
+        default_factory=dict, description="Extra headers, as for one email."
+    )
+    priority: Literal["transactional", "bulk"] = Field("bulk", description="bulk unless told otherwise.")
+    send_at: DateTimeText | None = Field(None, description="Send no earlier than this time.")
+    expires_at: DateTimeText | None = Field(None, description="Never send after this time.")
+
+    def emails(self) -> list[dict[str, Any]]:
+        """The fields of each recipient's email, for EmailRequest."""
+        shared = self.model_dump(exclude={"recipients", "context"}, exclude_none=True)
+        return [{**shared, "to": [r.to], "context": {**self.context, **r.context}} for r in self.recipients]

@@ -10,6 +10,8 @@ from neoforge.message import DateTimeText
 
 __all__ = [
     "AttemptRecord",
+    "BatchQueued",
+    "BatchSummary",
     "EmailPage",
     "EmailStatus",
     "Health",
@@ -134,3 +136,20 @@ class PurgeRequest(BaseModel):
     """An erasure request: every email to this address."""
 
     address: str = Field(min_length=3, max_length=320, description="The recipient address (to, cc or bcc).")
+
+
+class BatchQueued(BaseModel):
+    """A bulk send was queued: its batch id and one email id per recipient, in order."""
+
+    batch_id: str
+    ids: list[str]
+
+
+class BatchSummary(BaseModel):
+    """How many emails of a bulk send are in each status."""
+
+    id: str
+    total: int
+    template: str | None = None
+    created_at: str | None = None
+    counts: dict[str, int] = Field(description="status -> number of emails")

@@ -56,6 +56,15 @@ class EmailService:
         # Publishing talks to Redis synchronously: keep it off the event loop.
         return await asyncio.to_thread(enqueue)
 
+    async def send_bulk(
+        self, template: str, subject: str, recipients: list[dict[str, Any]], **shared: Any
+    ) -> tuple[str, list[str]]:
+        """Queue TEMPLATE to RECIPIENTS (``[{"to": ..., "context": {...}}]``); return (batch, email ids)."""
+        from neoforge.bulk import queue_bulk
+
+        fields = {"template": template, "subject": subject, "recipients": recipients, **shared}
+        return await asyncio.to_thread(queue_bulk, fields)
+
     async def send_queued_email(self, message: MessageSchema, template_name: str | None = None) -> str:
         """Queue a fastapi-mail MessageSchema: ``template_name`` + ``template_body``, or a body."""
         fields: dict[str, Any] = {

@@ -257,11 +257,13 @@ class StatusStore:
         idempotency: tuple[str, int] | None = None,
         due: float | None = None,
         recipients: list[str] | None = None,
+        pipeline: Any = None,
     ) -> str:
         """Record a new email (queued, or scheduled when DUE is given); return its id.
 
         With an IDEMPOTENCY (key, seconds) already used, nothing is written and
-        the id recorded under that key is returned instead.
+        the id recorded under that key is returned instead. With a PIPELINE the
+        write is only queued on it (the caller executes it).
         """
         now = now_iso()
         record: dict[str, str | int] = {
@@ -285,8 +287,45 @@ class StatusStore:
                 *(recipient_key(address) for address in recipients or []),
             ],
             args=[email_id, payload, ttl, "" if due is None else due, self.status_ttl + 31 * 86400, *flat],
+            client=pipeline,
         )
-        return str(result)
+        return email_id if pipeline is not None else str(result)
+
+    def create_batch(self, batch_id: str, ids: list[str], template: str) -> None:
+        """Record a bulk send: its size and its emails' ids."""
+        key, ttl = f"{PREFIX}batch:{batch_id}", self.status_ttl + 31 * 86400
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={"id": batch_id, "total": len(ids), "template": template, "created_at": now_iso()},
+            )
+            pipe.rpush(f"{key}:emails", *ids)
+            pipe.expire(key, ttl)
+            pipe.expire(f"{key}:emails", ttl)
+            pipe.execute()
+
+    def batch_summary(self, batch_id: str) -> dict[str, Any] | None:
+        """The batch's size and how many of its emails are in each status; None if unknown."""
+        key = f"{PREFIX}batch:{batch_id}"
+        record = self.client.hgetall(key)
+        if not record:
+            return None
+        ids = [str(i) for i in self.client.lrange(f"{key}:emails", 0, -1)]
+        counts: dict[str, int] = {}
+        for start in range(0, len(ids), 1000):
+            with self.client.pipeline(transaction=False) as pipe:
+                for email_id in ids[start : start + 1000]:
+                    pipe.hget(email_key(email_id), "status")
+                for status in pipe.execute():
+                    name = str(status) if status else "expired_record"
+                    counts[name] = counts.get(name, 0) + 1
+        return {
+            "id": batch_id,
+            "total": int(record["total"]),
+            "template": record.get("template"),
+            "created_at": record.get("created_at"),
+            "counts": counts,
+        }
 
     def discard(self, email_id: str) -> None:
         """Remove every trace of an email that could not be queued (its queued count included)."""

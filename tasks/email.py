@@ -112,20 +112,7 @@ class EmailTask(Task):  # type: ignore[misc]
         settings = get_settings()
         email_id = str(uuid.uuid4())
         queue = options.pop("queue", None) or request.priority
-        fields: dict[str, str | int] = {
-            "created_ts": repr(time.time()),
-            "template": request.template or "",
-            "recipients": len(request.recipients()),
-            "queue": queue,
-            "priority": request.priority,
-        }
-        if request.expires_at is not None:
-            fields["expires_at"] = iso(request.expires_at)
-            fields["expires_ts"] = repr(request.expires_at.timestamp())
-        due = None
-        if request.send_at is not None and request.send_at.timestamp() > time.time():
-            due = request.send_at.timestamp()
-            fields["send_at"] = fields["next_attempt_at"] = iso(request.send_at)
+        fields, due = _record_fields(request, queue)
         idempotency = (
             (request.idempotency_key, settings.email_idempotency_window) if request.idempotency_key else None
         )
@@ -168,6 +155,42 @@ class EmailTask(Task):  # type: ignore[misc]
         )
         return email_id, "queued" if due is None else "scheduled"
 
+    def queue_bulk(self, requests: list[EmailRequest], batch_id: str) -> list[str]:
+        """Record and publish many checked emails in chunks; return their ids (in order).
+
+        Records are written 500 to a Redis pipeline and messages published in
+        kombu producer batches, not one round trip per email. If Redis fails
+        part-way, QueueUnavailable is raised; the emails already recorded are
+        in the pending index, so the recovery sweep still publishes them.
+        """
+        store = get_store()
+        ids = [str(uuid.uuid4()) for _ in requests]
+        try:
+            for start in range(0, len(ids), 500):
+                chunk = list(zip(ids[start : start + 500], requests[start : start + 500], strict=True))
+                to_publish = []
+                with store.client.pipeline(transaction=False) as pipe:
+                    for email_id, request in chunk:
+                        fields, due = _record_fields(request, request.priority)
+                        fields["batch"] = batch_id
+                        store.create(email_id, request.model_dump_json(), fields, due=due,
+                                     recipients=request.recipients(), pipeline=pipe)  # fmt: skip
+                        if due is None:
+                            to_publish.append((email_id, request.priority))
+                    pipe.execute()
+                with self.app.producer_or_acquire() as producer, producer.batch(max_size=1000):
+                    for email_id, queue in to_publish:
+                        super().apply_async(
+                            (email_id,), None, task_id=email_id, queue=queue, producer=producer
+                        )
+            store.create_batch(batch_id, ids, requests[0].template or "")
+        except (*_PUBLISH_ERRORS,) as exc:
+            raise unavailable(
+                exc if isinstance(exc, redis.RedisError | OSError) else OSError(str(exc))
+            ) from exc
+        log_event(logger, "batch.queued", batch=batch_id, emails=len(ids))
+        return ids
+
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if isinstance(exc, TimeLimitExceeded):
             # The pool killed the task: we cannot know how far the SMTP
@@ -179,6 +202,25 @@ class EmailTask(Task):  # type: ignore[misc]
             with contextlib.suppress(redis.RedisError):
                 if get_store().fail_if_sending(task_id, entry):
                     log_event(logger, "email.failed", logging.WARNING, id=task_id, error_class="time_limit")
+
+
+def _record_fields(request: EmailRequest, queue: str) -> tuple[dict[str, str | int], float | None]:
+    """The status record's fields for a new email, and when it is due (None: now)."""
+    fields: dict[str, str | int] = {
+        "created_ts": repr(time.time()),
+        "template": request.template or "",
+        "recipients": len(request.recipients()),
+        "queue": queue,
+        "priority": request.priority,
+    }
+    if request.expires_at is not None:
+        fields["expires_at"] = iso(request.expires_at)
+        fields["expires_ts"] = repr(request.expires_at.timestamp())
+    due = None
+    if request.send_at is not None and request.send_at.timestamp() > time.time():
+        due = request.send_at.timestamp()
+        fields["send_at"] = fields["next_attempt_at"] = iso(request.send_at)
+    return fields, due
 
 
 def _attempt(number: int, started: str, t0: float, worker: str, outcome: str, **extra: Any) -> Attempt:
