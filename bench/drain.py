@@ -64,11 +64,18 @@ def _memory(stack: Stack) -> tuple[int, int]:
     return int(info["used_memory"]), int(info["used_memory_dataset"])
 
 
-def drain(stack: Stack, system: System, count: int, delay: float | None = None) -> DrainResult:
+def drain(
+    stack: Stack,
+    system: System,
+    count: int,
+    delay: float | None = None,
+    enqueue: Callable[[int], None] | None = None,
+) -> DrainResult:
     """Queue COUNT emails, start SYSTEM's worker, and time it until the sink has them all.
 
     With DELAY, the worker talks to the sink through the slow proxy, whose
-    every reply comes DELAY seconds late.
+    every reply comes DELAY seconds late. ENQUEUE(count), if given, queues the
+    emails instead of one ``.delay()`` each (the bulk scenario).
     """
     stack.flush()
     sink = stack.start_sink()
@@ -82,7 +89,10 @@ def drain(stack: Stack, system: System, count: int, delay: float | None = None) 
         time.sleep(_SETTLE)
         memory_before = _memory(stack)
         started = time.perf_counter()
-        _enqueue(system, count)
+        if enqueue is None:
+            _enqueue(system, count)
+        else:
+            enqueue(count)
         enqueue_seconds = time.perf_counter() - started
         time.sleep(_SETTLE)
         memory_after = _memory(stack)

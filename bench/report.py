@@ -29,8 +29,16 @@ class Row:
 
     def cells(self) -> list[str]:
         """The row's cells: scenario, baseline, ours, ratio, CPU."""
-        if self.baseline is None or self.ours is None:
+        if self.ours is None:
             return [self.scenario, "—", "—", "—", self.note]
+        if self.baseline is None:  # nothing to compare with: the note says why
+            return [
+                self.scenario,
+                "—",
+                f"{self.ours:,.{self.digits}f}",
+                "—",
+                "; ".join(filter(None, [self.note, self.cpu])),
+            ]
         ratio = f"{self.ours / self.baseline:.2f}x" if self.baseline else "—"
         return [
             self.scenario,
