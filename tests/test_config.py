@@ -38,7 +38,7 @@ def test_configuration_reaches_the_app() -> None:
     assert app.conf.worker_prefetch_multiplier == 1
     assert app.conf.accept_content == ["json"]
     assert app.conf.task_track_started and app.conf.result_extended
-    assert app.conf.worker_send_task_events and app.conf.task_send_sent_event
+    assert app.conf.worker_send_task_events
     assert app.conf.broker_url == os.environ["REDIS_URL"]
     assert type(app.backend).__name__ == "QuietRedisBackend"
 
