@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from neoforge.broker import UNACKED, message_id, published_at
 from neoforge.store import (
     DURATION_BUCKETS,
     FAILED_INDEX,
@@ -29,14 +30,12 @@ from neoforge.store import (
     PREFIX,
     SCHEDULED,
     SEND_DURATION,
-    email_key,
 )
 
 __all__ = ["QUEUES", "WORKERS", "heartbeat", "render"]
 
 QUEUES = ("transactional", "bulk")
 WORKERS = f"{PREFIX}workers"
-_UNACKED = "unacked"  # kombu's Redis transport default
 _HEARTBEAT_TTL = 15.0
 
 
@@ -59,7 +58,7 @@ class _Collector(Collector):
             for queue in QUEUES:
                 pipe.llen(queue)
                 pipe.lindex(queue, -1)
-            pipe.hvals(_UNACKED)
+            pipe.hvals(UNACKED)
             pipe.zcard(SCHEDULED)
             pipe.zcard(FAILED_INDEX)
             pipe.zcount(WORKERS, now - _HEARTBEAT_TTL, "+inf")
@@ -110,14 +109,9 @@ class _Collector(Collector):
         )
 
     def _age(self, raw: Any, now: float) -> float:
-        if not raw:
-            return 0.0
-        try:
-            email_id = str(json.loads(raw)["headers"]["id"])
-        except (ValueError, KeyError, TypeError):
-            return 0.0
-        published = self.client.hget(email_key(email_id), "published_ts")
-        return max(0.0, now - float(str(published))) if published else 0.0
+        email_id = message_id(raw) if raw else None
+        published = published_at(self.client, email_id) if email_id else None
+        return max(0.0, now - published) if published else 0.0
 
 
 def _counters(values: dict[str, str]) -> Iterator[Metric]:

@@ -14,14 +14,13 @@ ledger turns any second message for the same email into a no-op.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import redis
 
+from neoforge.broker import UNACKED, message_id, published_at
 from neoforge.logs import log_event
 from neoforge.store import PENDING, SCHEDULED, TERMINAL, StatusStore, email_key, lease_key
 
@@ -29,27 +28,14 @@ __all__ = ["sweep_lost"]
 
 logger = logging.getLogger(__name__)
 
-_UNACKED = "unacked"  # kombu's Redis transport default (Channel.unacked_key)
-
-
-def _message_id(raw: str) -> str | None:
-    try:
-        message: Any = json.loads(raw)
-        if isinstance(message, list):  # unacked entries are [message, exchange, routing_key]
-            message = message[0]
-        return str(message["headers"]["id"])
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
-
 
 def _oldest_published(client: redis.Redis, queue: str) -> float:
     """When the oldest message still waiting in QUEUE was published; now if the queue is empty."""
     raw = client.lindex(queue, -1)
-    email_id = _message_id(str(raw)) if raw else None
+    email_id = message_id(raw) if raw else None
     if email_id is None:
         return time.time()
-    published = client.hget(email_key(email_id), "published_ts")
-    return float(str(published)) if published else 0.0
+    return published_at(client, email_id) or 0.0
 
 
 def sweep_lost(store: StatusStore, grace: float, publish: Callable[[str, str], None]) -> int:
@@ -60,7 +46,7 @@ def sweep_lost(store: StatusStore, grace: float, publish: Callable[[str, str], N
     ]
     if not candidates:
         return 0
-    in_hand = {_message_id(str(raw)) for raw in client.hvals(_UNACKED)}
+    in_hand = {message_id(raw) for raw in client.hvals(UNACKED)}
     oldest: dict[str, float] = {}
     recovered = 0
     for email_id in candidates:

@@ -34,7 +34,7 @@ from neoforge.errors import QueueUnavailable
 from neoforge.redis_client import get_redis, safe_url
 from neoforge.settings import get_settings
 
-__all__ = ["ACTIVE", "TERMINAL", "Attempt", "StatusStore", "event", "get_store", "now_iso"]
+__all__ = ["TERMINAL", "Attempt", "StatusStore", "event", "get_store", "now_iso"]
 
 PREFIX = "neoforge:"
 FAILED_INDEX = f"{PREFIX}failed"
@@ -47,8 +47,7 @@ SEND_DURATION = f"{PREFIX}metrics:send_duration"
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-# Statuses from which a worker may (re)start delivery, and those it never leaves.
-ACTIVE = frozenset({"queued", "sending", "retrying"})
+# Statuses an email never leaves (but for a requeue of a failed one).
 TERMINAL = frozenset({"sent", "failed", "expired", "cancelled"})
 
 Attempt = dict[str, Any]
