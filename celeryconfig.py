@@ -20,6 +20,8 @@ except ConfigurationError as _exc:
     raise SystemExit(f"neoforge: {_exc}") from None
 
 broker_url = _settings.redis_url
+# kombu's Redis transport, reusing one client object per channel (see the module).
+broker_transport = "neoforge.transport:Transport"
 # "class+url": Celery's Redis backend, without a subscription per publish.
 result_backend = f"tasks.results:QuietRedisBackend+{_settings.redis_url}"
 
@@ -32,8 +34,18 @@ result_accept_content = ["json"]
 task_queues = [Queue("transactional"), Queue("bulk")]
 task_default_queue = "transactional"
 
-# Status visible to Flower and the result backend.
-task_track_started = True
+# The threads pool: sending an email is mostly waiting on the SMTP server, so
+# one process keeps many emails in flight on one event loop and a pool of
+# reused SMTP connections (neoforge/delivery.py). Run one worker process per
+# core. WORKER_POOL=prefork still works; the task bounds its own SMTP dialogue
+# either way (the threads pool has no hard time limit).
+worker_pool = _settings.worker_pool
+worker_concurrency = _settings.worker_concurrency or (32 if worker_pool == "threads" else None)
+
+# Status visible to Flower and the result backend. No STARTED state in the
+# backend (a read and a write per email): our record says "sending", and
+# Flower still sees task-started events.
+task_track_started = False
 result_extended = True
 result_expires = _settings.email_status_ttl
 worker_send_task_events = True
@@ -43,7 +55,8 @@ worker_send_task_events = True
 # the moment a worker receives it.
 task_send_sent_event = False
 
-# A message is acknowledged only after the task ends, one at a time per process.
+# A message is acknowledged only after the task ends; a process holds at most
+# one unacknowledged message per thread.
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1

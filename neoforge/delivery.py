@@ -12,14 +12,18 @@ versus dead letter.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import io
+import os
 import ssl
 import threading
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import make_msgid
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosmtplib
 from fastapi_mail import ConnectionConfig, FastMail, MessageSchema, MessageType, MultipartSubtypeEnum
@@ -31,7 +35,9 @@ from neoforge.redact import mask_addresses
 from neoforge.settings import Settings, get_settings
 from neoforge.templates import Rendered
 
-__all__ = ["Accepted", "build_message", "close_connections", "deliver", "run_in_worker_loop"]
+__all__ = ["Accepted", "build_message", "close_connections", "deliver", "run_in_worker_loop", "submit"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -158,11 +164,12 @@ def _classify(exc: BaseException, phase: str) -> DeliveryError:
 
 
 class _Pool:
-    """Reusable SMTP connections for one event loop (one per worker thread)."""
+    """Reusable SMTP connections of this process's sender loop, at most SMTP_MAX_CONNECTIONS in use."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.idle: list[tuple[aiosmtplib.SMTP, float, int]] = []
+        self.slots = asyncio.Semaphore(settings.smtp_max_connections)
 
     async def connect(self) -> aiosmtplib.SMTP:
         s = self.settings
@@ -209,13 +216,12 @@ class _Pool:
 
 _IDLE_SECONDS = 30.0
 _MESSAGES_PER_CONNECTION = 100
-_local = threading.local()
-# Every thread's loop and pools, so that shutdown can close them all.
-_threads: list[tuple[asyncio.AbstractEventLoop | None, list[_Pool]]] = []
-_threads_lock = threading.Lock()
 
 
-async def _transmit(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], data: bytes) -> Accepted:
+async def _transmit(
+    smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], data: bytes, state: _Dialogue
+) -> Accepted:
+    state.in_data = False
     await smtp.mail(sender)
     refused = []
     for address in recipients:
@@ -225,6 +231,7 @@ async def _transmit(smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], d
             refused.append(exc)
     if len(refused) == len(recipients):
         raise aiosmtplib.SMTPRecipientsRefused(refused)
+    state.in_data = True
     try:
         reply = await smtp.data(data)
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
@@ -240,17 +247,48 @@ class _DataPhaseLost(Exception):
         self.cause = cause
 
 
-async def deliver(message: Message, recipients: list[str]) -> Accepted:
-    """Send MESSAGE to RECIPIENTS; raise TransientDeliveryError or PermanentDeliveryError."""
+async def deliver(message: Message, recipients: list[str], timeout: float | None = None) -> Accepted:
+    """Send MESSAGE to RECIPIENTS; raise TransientDeliveryError or PermanentDeliveryError.
+
+    TIMEOUT bounds the whole SMTP dialogue (connect included): Celery's threads
+    pool has no hard time limit, and the email's lease relies on the attempt
+    ending within the task time limit. A dialogue cut short during DATA may
+    have delivered the message: it is reported as ``outcome_unknown``.
+    """
     settings = get_settings()
     pool = _pool(settings)
-    sender = settings.smtp_from
     data = message.as_bytes()
+    state = _Dialogue()
+    try:
+        async with asyncio.timeout(timeout), pool.slots:
+            return await _deliver(pool, settings.smtp_from, recipients, data, state)
+    except TimeoutError as exc:
+        if state.smtp is not None:
+            state.smtp.close()  # in an unknown state: never back to the pool
+        if state.in_data:
+            raise PermanentDeliveryError(
+                "outcome unknown, time limit reached during DATA", None, "outcome_unknown"
+            ) from exc
+        raise TransientDeliveryError(f"timed out after {timeout:.0f} s", None, "timeout") from exc
+
+
+@dataclass
+class _Dialogue:
+    """How far one delivery got, for the verdict when its deadline cuts it short."""
+
+    smtp: aiosmtplib.SMTP | None = None
+    in_data: bool = False
+
+
+async def _deliver(
+    pool: _Pool, sender: str, recipients: list[str], data: bytes, state: _Dialogue
+) -> Accepted:
     reused = pool.take()
     if reused is not None:
         smtp, used = reused
+        state.smtp = smtp
         try:
-            accepted = await _transmit(smtp, sender, recipients, data)
+            accepted = await _transmit(smtp, sender, recipients, data, state)
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
             # The server closed an idle connection before MAIL: nothing was
             # sent, so a fresh connection is safe and not a retry.
@@ -264,14 +302,16 @@ async def deliver(message: Message, recipients: list[str]) -> Accepted:
         else:
             pool.give_back(smtp, used + 1)
             return accepted
+    state.smtp = None
     try:
         smtp = await pool.connect()
     except DeliveryError:
         raise
     except Exception as exc:
         raise _classify(exc, "connect") from exc
+    state.smtp = smtp
     try:
-        accepted = await _transmit(smtp, sender, recipients, data)
+        accepted = await _transmit(smtp, sender, recipients, data, state)
     except _DataPhaseLost as exc:
         raise _classify(exc.cause, "data") from exc.cause
     except Exception as exc:
@@ -291,42 +331,65 @@ async def _reset(smtp: aiosmtplib.SMTP) -> None:
         smtp.close()
 
 
+_pools: dict[int, _Pool] = {}
+
+
 def _pool(settings: Settings) -> _Pool:
-    pool: _Pool | None = getattr(_local, "pool", None)
+    """This process's pool (used on the sender loop only); a new one when the settings change."""
+    pool = _pools.get(os.getpid())
     if pool is None or pool.settings is not settings:
         if pool is not None:
             pool.close_all()
-        pool = _Pool(settings)
-        _local.pool = pool
-        if getattr(_local, "pools", None) is None:
-            _local.pools = []  # a loop that is not ours: its owner closes it
-            with _threads_lock:
-                _threads.append((None, _local.pools))
-        _local.pools.append(pool)
+        pool = _pools[os.getpid()] = _Pool(settings)
     return pool
 
 
-def run_in_worker_loop(coro: Any) -> Any:
-    """Run CORO on this thread's persistent event loop, so connections outlive one task."""
-    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = asyncio.new_event_loop()
-        _local.loop = loop
-        _local.pools = []
-        _local.pool = None
-        with _threads_lock:
-            _threads.append((loop, _local.pools))
-    return loop.run_until_complete(coro)
+# One event loop per process, on its own thread, carries every SMTP dialogue:
+# task threads (or a prefork child's single thread) hand it coroutines, so
+# connections are shared by all tasks of the process and a slow server is
+# kept busy by many dialogues at once.
+_sender_lock = threading.Lock()
+_sender: dict[int, tuple[asyncio.AbstractEventLoop, threading.Thread]] = {}
+
+
+def _sender_loop() -> asyncio.AbstractEventLoop:
+    with _sender_lock:
+        found = _sender.get(os.getpid())
+        if found is None or found[0].is_closed() or not found[1].is_alive():
+            _sender.clear()  # a parent's loop, inherited through fork, is not ours
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="neoforge-smtp", daemon=True)
+            thread.start()
+            found = _sender[os.getpid()] = (loop, thread)
+        return found[0]
+
+
+def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    """Start CORO on this process's sender loop; its future resolves when it ends."""
+    return asyncio.run_coroutine_threadsafe(coro, _sender_loop())
+
+
+def run_in_worker_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run CORO on this process's sender loop and wait for its result."""
+    return submit(coro).result()
 
 
 def close_connections() -> None:
-    """Close every pooled SMTP connection and event loop of this process (at worker shutdown)."""
-    with _threads_lock:
-        states = list(_threads)
-        _threads.clear()
-    for loop, pools in states:
-        for pool in pools:
+    """Close every pooled SMTP connection and stop the sender loop (at worker shutdown)."""
+    with _sender_lock:
+        found = _sender.pop(os.getpid(), None)
+    if found is None:
+        return
+    loop, thread = found
+
+    async def close() -> None:
+        pool = _pools.pop(os.getpid(), None)
+        if pool is not None:
             pool.close_all()
-        if loop is not None and not loop.is_running() and not loop.is_closed():
-            loop.run_until_complete(asyncio.sleep(0))
-            loop.close()
+
+    with contextlib.suppress(RuntimeError):
+        asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=5)
+        loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=5)
+    if not thread.is_alive():
+        loop.close()

@@ -73,6 +73,16 @@ class Settings(BaseSettings):
     email_max_schedule_days: int = Field(30, ge=1, le=365)
     email_scheduler_interval: float = Field(1.0, gt=0, le=60)
 
+    # Celery's pool for `celery -A tasks worker` (Celery ignores `--pool prefork`
+    # on the command line once a pool is configured). Threads: each email
+    # mostly waits on its SMTP server, so one process keeps many in flight.
+    worker_pool: Literal["threads", "prefork", "solo"] = "threads"
+    # Tasks at once per worker process: threads (default 32), or pool
+    # processes for prefork (default: one per CPU).
+    worker_concurrency: int | None = Field(None, ge=1, le=1000)
+    # SMTP dialogues (and so connections) at once per worker process.
+    smtp_max_connections: int = Field(50, ge=1, le=1000)
+
     # Shutdown: on a second SIGTERM/SIGINT (cold shutdown) tasks in progress
     # get this many seconds to finish before their messages are handed back.
     worker_soft_shutdown_timeout: float = Field(10.0, ge=0)

@@ -326,6 +326,10 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
         return {"id": email_id, "status": status, "skipped": True}
     log_event(logger, "email.sending", id=email_id, status="sending", attempt=number, worker=worker)
     started, t0 = now_iso(), time.monotonic()
+    # The attempt must end well inside its lease (time limit + 5 s): prefork's
+    # hard time limit is a backstop only, and the threads pool has none.
+    limit = settings.email_task_time_limit
+    deadline = t0 + limit - min(10.0, limit / 4)
 
     def fail(exc: DeliveryError, **extra: Any) -> None:
         details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
@@ -346,7 +350,7 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
         recipients, held = envelope(request.recipients(), settings)
         if not recipients:
             raise PermanentDeliveryError("no recipient in EMAIL_ALLOWED_DOMAINS", None, "not_allowed")
-        accepted = run_in_worker_loop(deliver(message, recipients))
+        accepted = run_in_worker_loop(deliver(message, recipients, max(0.5, deadline - time.monotonic())))
         if held:
             accepted = Accepted(accepted.reply, [*accepted.refused, *held])
     except TransientDeliveryError as exc:

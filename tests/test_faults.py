@@ -31,6 +31,8 @@ FAULT_ENV = {
     "EMAIL_TASK_TIME_LIMIT": "4",
     "EMAIL_SCHEDULER_INTERVAL": "0.2",
     "EMAIL_MAX_RETRIES": "10",
+    # Celery ignores `--pool prefork` once a pool is configured.
+    "WORKER_POOL": "prefork",
 }
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
@@ -43,7 +45,7 @@ def start_cli_worker(tmp_path: Path, environment: dict[str, str]) -> Iterator[St
     def start(queue: str, concurrency: int = 2, **env: str) -> subprocess.Popen[bytes]:
         name = f"w{len(started)}-{uuid.uuid4().hex[:6]}"
         process = celery_cli(
-            "worker", "--loglevel", "INFO", "--pool", "prefork", "--concurrency", str(concurrency),
+            "worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
             "-Q", queue, "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle",
             env={**environment, **FAULT_ENV, **env}, log=tmp_path / f"{name}.log",
         )  # fmt: skip
