@@ -49,9 +49,12 @@ def queue_bulk_recipients(count: int) -> list[str]:
     return ids
 
 
-def bulk_drain(stack: Stack, count: int) -> DrainResult:
-    """(c) for ours: COUNT recipients queued with ``queue_bulk``, then drained by the default worker."""
-    return drain(stack, "ours", count, enqueue=queue_bulk_recipients)
+def bulk_drain(stack: Stack, count: int, delay: float | None = None) -> DrainResult:
+    """(c) and (g) for ours: COUNT recipients queued with ``queue_bulk``, drained by the default workers.
+
+    With DELAY, through the slow proxy (see ``drain``).
+    """
+    return drain(stack, "ours", count, delay, enqueue=queue_bulk_recipients)
 
 
 @dataclass
@@ -93,8 +96,8 @@ def latency_under_backlog(stack: Stack, backlog: int, count: int, interval: floa
     try:
         queue_bulk_recipients(backlog)
         t0 = time.monotonic()
-        worker = stack.start_worker("ours", sink.port)
-        groups["worker"] = worker.pid
+        workers = stack.start_workers("ours", sink.port)
+        groups |= stack.worker_groups(workers)
         while sink.count() == 0:
             if time.monotonic() - t0 > 60:
                 raise TimeoutError("our worker delivered nothing within 60 s")
@@ -129,12 +132,12 @@ def latency_under_backlog(stack: Stack, backlog: int, count: int, interval: floa
             time.sleep(_POLL)
         wall = time.monotonic() - started
         left_at_end = max(0, backlog + count - sink.count())
-        after = CpuSample.take(groups, {"worker:main": worker.pid})
+        after = CpuSample.take(groups)
         latencies = []
         for email_id in ids:
             created, sent = client.hmget(f"neoforge:email:{email_id}", ["created_ts", "sent_at"])
             latencies.append((datetime.fromisoformat(sent).timestamp() - float(created)) * 1000)
-        stack.stop_worker(worker)
+        stack.stop_workers(workers)
     finally:
         client.close()
         stack.stop(sink.pid)

@@ -99,12 +99,12 @@ def drain(
 
         before = CpuSample.take(groups)
         t0 = time.monotonic()
-        worker = stack.start_worker(system, smtp_port)
-        groups["worker"] = worker.pid
+        workers = stack.start_workers(system, smtp_port)
+        groups |= stack.worker_groups(workers)
         first, last = _wait_for(sink.count, count, t0)
-        # The main process consumes and dispatches; the pool processes send.
-        after = CpuSample.take(groups, {"worker:main": worker.pid})
-        stack.stop_worker(worker)
+        # The baseline's main process consumes and dispatches; its pool processes send.
+        after = CpuSample.take(groups, {"worker:main": workers[0].pid} if system != "ours" else {})
+        stack.stop_workers(workers)
         # A message delivered twice would show up as one more at the sink.
         time.sleep(0.5)
         extra = sink.count() - count

@@ -80,8 +80,12 @@ def bottlenecks(label: str, runs: Mapping[str, Mapping[str, float]]) -> list[str
             pool = (busy["worker"] - main) / _CPUS
             line += f" (main process {main:.2f}, each pool process {pool:.2f} on average)"
         line += f"; machine {machine:.0%} busy"
-        saturated = [n for n, c in busy.items() if n not in ("worker", "other") and c >= _SATURATED]
-        if "worker" in busy and busy["worker"] >= _SATURATED * _CPUS:
+        # A prefork worker (its main process sampled apart) spans several cores.
+        multi = "worker:main" in busy
+        saturated = [
+            n for n, c in busy.items() if n != "other" and not (multi and n == "worker") and c >= _SATURATED
+        ]
+        if multi and busy["worker"] >= _SATURATED * _CPUS:
             saturated.append("worker (all pool processes)")
         if machine >= _SATURATED:
             saturated.append(f"the machine's {_CPUS} cores")

@@ -162,12 +162,30 @@ class Stack:
         wait_until(lambda: greets(port), 20, "slow proxy")
         return process, port
 
-    def start_worker(self, system: System, smtp_port: int) -> subprocess.Popen[bytes]:
-        """``celery -A tasks worker`` (ours, default settings) or the baseline's worker, prefork.
+    def start_workers(self, system: System, smtp_port: int) -> list[subprocess.Popen[bytes]]:
+        """SYSTEM's workers, one process per CPU either way.
 
-        Both get the same number of pool processes: ours by its default (one per
-        CPU), the baseline by ``--concurrency``.
+        Ours: one ``celery -A tasks worker`` (default settings: threads pool)
+        per CPU, as the README's deployment advice says. The baseline: one
+        prefork worker with a pool process per CPU.
         """
+        count = (os.cpu_count() or 1) if system == "ours" else 1
+        return [self.start_worker(system, smtp_port) for _ in range(count)]
+
+    def worker_groups(self, workers: list[subprocess.Popen[bytes]]) -> dict[str, int]:
+        """CPU accounting names for WORKERS: ``worker``, ``worker2``, ..."""
+        return {("worker" if i == 0 else f"worker{i + 1}"): w.pid for i, w in enumerate(workers)}
+
+    def stop_workers(self, workers: list[subprocess.Popen[bytes]]) -> None:
+        """Warm shutdown of every worker in WORKERS (see ``stop_worker``), all at once."""
+        for process in workers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in workers:
+            self.stop_worker(process)
+
+    def start_worker(self, system: System, smtp_port: int) -> subprocess.Popen[bytes]:
+        """One ``celery -A tasks worker`` (ours, default settings) or the baseline's prefork worker."""
         if system == "ours":
             args = ["-A", "tasks", "worker"]
         else:

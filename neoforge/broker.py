@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -9,20 +10,31 @@ import redis
 
 from neoforge.store import email_key
 
-__all__ = ["UNACKED", "message_id", "published_at"]
+__all__ = ["UNACKED", "message_ids", "published_at"]
 
 UNACKED = "unacked"  # kombu's Redis transport default (Channel.unacked_key)
 
 
-def message_id(raw: Any) -> str | None:
-    """The email id (task id) of a raw kombu message, waiting or unacknowledged."""
+def message_ids(raw: Any) -> list[str]:
+    """The email ids a raw kombu message (waiting or unacknowledged) carries, oldest first.
+
+    A ``send_email`` message carries one, as its task id; a ``send_batch``
+    message carries a bulk chunk, as its one argument (Celery's message
+    protocol 2: the body is ``[args, kwargs, embed]``).
+    """
     try:
         message: Any = json.loads(raw)
         if isinstance(message, list):  # unacked entries are [message, exchange, routing_key]
             message = message[0]
-        return str(message["headers"]["id"])
+        headers = message["headers"]
+        if headers.get("task") != "neoforge.send_batch":
+            return [str(headers["id"])]
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return [str(email_id) for email_id in json.loads(body)[0][0]]
     except (ValueError, KeyError, IndexError, TypeError):
-        return None
+        return []
 
 
 def published_at(client: redis.Redis, email_id: str) -> float | None:

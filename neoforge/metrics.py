@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from neoforge.broker import UNACKED, message_id, published_at
+from neoforge.broker import UNACKED, message_ids, published_at
 from neoforge.store import (
     DURATION_BUCKETS,
     FAILED_INDEX,
@@ -74,8 +74,7 @@ class _Collector(Collector):
         yield _histogram("neoforge_send_duration_seconds", "One delivery attempt, SMTP dialogue included.",
                          duration, DURATION_BUCKETS)  # fmt: skip
 
-        gauge = GaugeMetricFamily("neoforge_queue_waiting", "Messages waiting in the broker queue.",
-                                  labels=["queue"])  # fmt: skip
+        gauge = GaugeMetricFamily("neoforge_queue_waiting", _WAITING_HELP, labels=["queue"])
         for queue, length in waiting.items():
             gauge.add_metric([queue], float(length))
         yield gauge
@@ -109,9 +108,14 @@ class _Collector(Collector):
         )
 
     def _age(self, raw: Any, now: float) -> float:
-        email_id = message_id(raw) if raw else None
-        published = published_at(self.client, email_id) if email_id else None
+        ids = message_ids(raw) if raw else []
+        published = published_at(self.client, ids[0]) if ids else None
         return max(0.0, now - published) if published else 0.0
+
+
+_WAITING_HELP = (
+    "Messages waiting in the broker queue (a bulk message carries up to EMAIL_BULK_BATCH_SIZE emails)."
+)
 
 
 def _counters(values: dict[str, str]) -> Iterator[Metric]:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import redis
 
-from neoforge.broker import UNACKED, message_id, published_at
+from neoforge.broker import UNACKED, message_ids, published_at
 from neoforge.logs import log_event
 from neoforge.store import PENDING, SCHEDULED, TERMINAL, StatusStore, email_key, lease_key
 
@@ -32,10 +32,10 @@ logger = logging.getLogger(__name__)
 def _oldest_published(client: redis.Redis, queue: str) -> float:
     """When the oldest message still waiting in QUEUE was published; now if the queue is empty."""
     raw = client.lindex(queue, -1)
-    email_id = message_id(raw) if raw else None
-    if email_id is None:
+    ids = message_ids(raw) if raw else []
+    if not ids:
         return time.time()
-    return published_at(client, email_id) or 0.0
+    return published_at(client, ids[0]) or 0.0
 
 
 def sweep_lost(store: StatusStore, grace: float, publish: Callable[[str, str], None]) -> int:
@@ -46,7 +46,7 @@ def sweep_lost(store: StatusStore, grace: float, publish: Callable[[str, str], N
     ]
     if not candidates:
         return 0
-    in_hand = {message_id(raw) for raw in client.hvals(UNACKED)}
+    in_hand = {email_id for raw in client.hvals(UNACKED) for email_id in message_ids(raw)}
     oldest: dict[str, float] = {}
     recovered = 0
     for email_id in candidates:

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     # Tasks at once per worker process: threads (default 32), or pool
     # processes for prefork (default: one per CPU).
     worker_concurrency: int | None = Field(None, ge=1, le=1000)
+    # Bulk emails per broker message (one task sends them side by side).
+    email_bulk_batch_size: int = Field(25, ge=1, le=500)
     # SMTP dialogues (and so connections) at once per worker process.
     smtp_max_connections: int = Field(50, ge=1, le=1000)
 

@@ -10,12 +10,15 @@ for a sent email sends nothing.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,20 +31,20 @@ from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 
 from neoforge.backoff import retry_delay
-from neoforge.delivery import Accepted, build_message, deliver, run_in_worker_loop
+from neoforge.delivery import Accepted, build_message, deliver, run_in_worker_loop, submit
 from neoforge.enqueue import check_renders, validate
 from neoforge.errors import DeliveryError, PermanentDeliveryError, QueueUnavailable, TransientDeliveryError
 from neoforge.logs import log_event
 from neoforge.message import EmailRequest
 from neoforge.redact import mask_addresses
 from neoforge.scheduler import max_broker_delay
-from neoforge.settings import get_settings
+from neoforge.settings import Settings, get_settings
 from neoforge.staging import envelope
 from neoforge.store import Attempt, StatusStore, event, get_store, iso, now_iso, unavailable
 from neoforge.templates import Rendered, render
 from tasks.app import app
 
-__all__ = ["EmailTask", "send_email"]
+__all__ = ["EmailTask", "send_batch", "send_email"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +161,9 @@ class EmailTask(Task):  # type: ignore[misc]
     def queue_bulk(self, requests: list[EmailRequest], batch_id: str) -> list[str]:
         """Record and publish many checked emails in chunks; return their ids (in order).
 
-        Records are written 500 to a Redis pipeline and messages published in
-        kombu producer batches, not one round trip per email. If Redis fails
+        Records are written 500 to a Redis pipeline; the emails go out as
+        ``send_batch`` messages of EMAIL_BULK_BATCH_SIZE ids, published in
+        kombu producer batches: not one round trip, nor one message, per email. If Redis fails
         part-way, QueueUnavailable is raised; the emails already recorded are
         in the pending index, so the recovery sweep still publishes them.
         """
@@ -178,11 +182,7 @@ class EmailTask(Task):  # type: ignore[misc]
                         if due is None:
                             to_publish.append((email_id, request.priority))
                     pipe.execute()
-                with self.app.producer_or_acquire() as producer, producer.batch(max_size=1000):
-                    for email_id, queue in to_publish:
-                        super().apply_async(
-                            (email_id,), None, task_id=email_id, queue=queue, producer=producer
-                        )
+                _publish_batches(to_publish, get_settings().email_bulk_batch_size)
             store.create_batch(batch_id, ids, requests[0].template or "")
         except (*_PUBLISH_ERRORS,) as exc:
             raise unavailable(
@@ -202,6 +202,17 @@ class EmailTask(Task):  # type: ignore[misc]
             with contextlib.suppress(redis.RedisError):
                 if get_store().fail_if_sending(task_id, entry):
                     log_event(logger, "email.failed", logging.WARNING, id=task_id, error_class="time_limit")
+
+
+def _publish_batches(emails: Sequence[tuple[str, str]], size: int) -> None:
+    """Publish EMAILS ((id, queue) pairs) as ``send_batch`` messages of up to SIZE ids per queue."""
+    by_queue: dict[str, list[str]] = {}
+    for email_id, queue in emails:
+        by_queue.setdefault(queue, []).append(email_id)
+    with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
+        for queue, ids in by_queue.items():
+            for start in range(0, len(ids), size):
+                send_batch.apply_async((ids[start : start + size],), queue=queue, producer=producer)
 
 
 def _record_fields(request: EmailRequest, queue: str) -> tuple[dict[str, str | int], float | None]:
@@ -294,23 +305,125 @@ def _record_sent(
             time.sleep(0.5)
 
 
+@dataclass
+class _Attempting:
+    """One email whose lease we hold, mid-attempt."""
+
+    email_id: str
+    number: int
+    created: float
+    priority: str
+    worker: str
+    started: str = field(default_factory=now_iso)
+    t0: float = field(default_factory=time.monotonic)
+
+    def attempt(self, outcome: str, **extra: Any) -> Attempt:
+        return _attempt(self.number, self.started, self.t0, self.worker, outcome, **extra)
+
+
+def _take(
+    store: StatusStore, email_id: str, worker: str, lease_seconds: float
+) -> tuple[str, str | None, int, float, str]:
+    """Take EMAIL_ID's lease (from a dead holder too): store.begin_attempt's answer."""
+    lease = f"{_HOST}|{os.getpid()}|{uuid.uuid4().hex}"
+    found = store.begin_attempt(email_id, worker, lease, lease_seconds)
+    if found[0] == "leased" and found[1] is not None and _holder_is_dead(found[1]):
+        # Its sender was killed (a pool child, a worker process): take over at once.
+        found = store.begin_attempt(email_id, worker, lease, lease_seconds, found[1])
+    return found
+
+
+def _prepare(
+    payload: str, settings: Settings
+) -> tuple[EmailRequest, Rendered, list[str], list[dict[str, Any]]]:
+    """The request, its rendered body, the envelope recipients and those held back by policy."""
+    try:
+        request = EmailRequest.model_validate_json(payload)
+        body = _body(request)
+    except (ValidationError, jinja2.TemplateError, ValueError) as exc:
+        raise PermanentDeliveryError(
+            f"message cannot be built: {type(exc).__name__}", None, "bad_message"
+        ) from exc
+    recipients, held = envelope(request.recipients(), settings)
+    if not recipients:
+        raise PermanentDeliveryError("no recipient in EMAIL_ALLOWED_DOMAINS", None, "not_allowed")
+    return request, body, recipients, held
+
+
+async def _send(
+    email_id: str, request: EmailRequest, body: Rendered, recipients: list[str], timeout: float
+) -> Accepted:
+    """Build the MIME message and hand it to the SMTP server (on the sender loop)."""
+    try:
+        message = await build_message(email_id, request, body)
+    except (ValidationError, ValueError) as exc:
+        raise PermanentDeliveryError(
+            f"message cannot be built: {type(exc).__name__}", None, "bad_message"
+        ) from exc
+    return await deliver(message, recipients, timeout)
+
+
+def _budget(settings: Settings) -> float:
+    # An attempt must end well inside its lease (time limit + 5 s): prefork's
+    # hard time limit is a backstop only, and the threads pool has none.
+    limit = settings.email_task_time_limit
+    return limit - min(10.0, limit / 4)
+
+
+def _record_failure(store: StatusStore, job: _Attempting, exc: DeliveryError, **extra: Any) -> None:
+    details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
+    attempt = job.attempt("failed", **details)
+    store.mark_failed(job.email_id, attempt, job.priority)
+    log_event(logger, "email.failed", logging.WARNING, id=job.email_id, status="failed", attempt=job.number,
+              smtp_code=exc.code, error_class=exc.error_class, duration_ms=attempt["duration_ms"],
+              worker=job.worker, **extra)  # fmt: skip
+
+
+def _record_internal(store: StatusStore, job: _Attempting, exc: BaseException) -> None:
+    # A defect of ours: dead-letter the email with the error type, so it can
+    # be requeued once fixed.
+    details = {"error": f"internal error: {type(exc).__name__}", "error_class": "internal"}
+    store.mark_failed(job.email_id, job.attempt("failed", **details), job.priority)
+
+
+def _record_retry(
+    store: StatusStore, job: _Attempting, exc: TransientDeliveryError, settings: Settings
+) -> float:
+    """Record a transient failure; return the delay before the next attempt."""
+    details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
+    delay = retry_delay(job.number, settings.email_retry_backoff, settings.email_retry_backoff_max)
+    next_at = iso(datetime.now(UTC) + timedelta(seconds=delay))
+    attempt = job.attempt("retry", retry_in=round(delay, 3), **details)
+    store.mark_retrying(job.email_id, attempt, next_at, job.priority)
+    log_event(logger, "email.retrying", id=job.email_id, status="retrying", attempt=job.number,
+              smtp_code=exc.code, error_class=exc.error_class, duration_ms=attempt["duration_ms"],
+              retry_in=round(delay, 3), worker=job.worker)  # fmt: skip
+    return delay
+
+
+def _record_success(
+    store: StatusStore, job: _Attempting, accepted: Accepted, held: list[dict[str, Any]]
+) -> None:
+    if held:
+        accepted = Accepted(accepted.reply, [*accepted.refused, *held])
+    attempt = job.attempt("sent", smtp_reply=mask_addresses(accepted.reply[:200]))
+    latency = time.time() - job.created if job.created else 0.0
+    _record_sent(store, job.email_id, attempt, accepted, job.priority, latency)
+    log_event(logger, "email.sent", id=job.email_id, status="sent", attempt=job.number,
+              duration_ms=attempt["duration_ms"], refused=len(accepted.refused),
+              worker=job.worker)  # fmt: skip
+
+
 @app.task(bind=True, base=EmailTask, name="neoforge.send_email", max_retries=None)
 def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
     """Deliver the email EMAIL_ID; retry transient failures, dead-letter permanent ones."""
     settings = get_settings()
     store = get_store()
     worker = self.request.hostname or socket.gethostname()
-    lease = f"{_HOST}|{os.getpid()}|{uuid.uuid4().hex}"
-    lease_seconds = settings.email_task_time_limit + 5
     try:
-        status, payload, number, created, priority = store.begin_attempt(
-            email_id, worker, lease, lease_seconds
+        status, payload, number, created, priority = _take(
+            store, email_id, worker, settings.email_task_time_limit + 5
         )
-        if status == "leased" and payload is not None and _holder_is_dead(payload):
-            # Its sender was killed (a pool child, say): take over at once.
-            status, payload, number, created, priority = store.begin_attempt(
-                email_id, worker, lease, lease_seconds, payload
-            )
     except redis.RedisError as exc:
         raise Reject(exc, requeue=True) from exc
     if status == "leased":
@@ -325,58 +438,21 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
         log_event(logger, "email.skipped", id=email_id, status=status)
         return {"id": email_id, "status": status, "skipped": True}
     log_event(logger, "email.sending", id=email_id, status="sending", attempt=number, worker=worker)
-    started, t0 = now_iso(), time.monotonic()
-    # The attempt must end well inside its lease (time limit + 5 s): prefork's
-    # hard time limit is a backstop only, and the threads pool has none.
-    limit = settings.email_task_time_limit
-    deadline = t0 + limit - min(10.0, limit / 4)
-
-    def fail(exc: DeliveryError, **extra: Any) -> None:
-        details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
-        attempt = _attempt(number, started, t0, worker, "failed", **details)
-        store.mark_failed(email_id, attempt, priority)
-        log_event(logger, "email.failed", logging.WARNING, id=email_id, status="failed", attempt=number,
-                  smtp_code=exc.code, error_class=exc.error_class, duration_ms=attempt["duration_ms"],
-                  worker=worker, **extra)  # fmt: skip
-
+    job = _Attempting(email_id, number, created, priority, worker)
+    deadline = job.t0 + _budget(settings)
     try:
-        try:
-            request = EmailRequest.model_validate_json(payload)
-            message = run_in_worker_loop(build_message(email_id, request, _body(request)))
-        except (ValidationError, jinja2.TemplateError, ValueError) as exc:
-            raise PermanentDeliveryError(
-                f"message cannot be built: {type(exc).__name__}", None, "bad_message"
-            ) from exc
-        recipients, held = envelope(request.recipients(), settings)
-        if not recipients:
-            raise PermanentDeliveryError("no recipient in EMAIL_ALLOWED_DOMAINS", None, "not_allowed")
-        accepted = run_in_worker_loop(deliver(message, recipients, max(0.5, deadline - time.monotonic())))
-        if held:
-            accepted = Accepted(accepted.reply, [*accepted.refused, *held])
+        request, body, recipients, held = _prepare(payload, settings)
+        accepted = run_in_worker_loop(
+            _send(email_id, request, body, recipients, max(0.5, deadline - time.monotonic()))
+        )
     except TransientDeliveryError as exc:
         if number > settings.email_max_retries:
-            fail(exc, reason="retries exhausted")
+            _record_failure(store, job, exc, reason="retries exhausted")
             raise
-        details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
-        delay = retry_delay(number, settings.email_retry_backoff, settings.email_retry_backoff_max)
-        next_at = iso(datetime.now(UTC) + timedelta(seconds=delay))
-        attempt = _attempt(number, started, t0, worker, "retry", retry_in=round(delay, 3), **details)
         try:
-            store.mark_retrying(email_id, attempt, next_at, priority)
+            delay = _record_retry(store, job, exc, settings)
         except redis.RedisError as rexc:
             raise Reject(rexc, requeue=True) from exc
-        log_event(
-            logger,
-            "email.retrying",
-            id=email_id,
-            status="retrying",
-            attempt=number,
-            smtp_code=exc.code,
-            error_class=exc.error_class,
-            duration_ms=attempt["duration_ms"],
-            retry_in=round(delay, 3),
-            worker=worker,
-        )
         try:
             raise self.retry(exc=exc, countdown=delay) from exc
         except Reject as rejected:
@@ -386,28 +462,124 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
             # visibility timeout).
             raise Reject(rejected.reason, requeue=True) from exc
     except PermanentDeliveryError as exc:
-        fail(exc)
+        _record_failure(store, job, exc)
         raise
     except redis.RedisError as exc:
         # Redis went away before anything was sent: hand the message back.
         log_event(logger, "email.requeued", logging.WARNING, id=email_id, reason=type(exc).__name__)
         raise Reject(exc, requeue=True) from exc
     except Exception as exc:
-        # A defect of ours: dead-letter the email with the error type, so it
-        # can be requeued once fixed, and let Celery log the traceback.
-        details = {"error": f"internal error: {type(exc).__name__}", "error_class": "internal"}
-        store.mark_failed(email_id, _attempt(number, started, t0, worker, "failed", **details), priority)
-        raise
-    attempt = _attempt(number, started, t0, worker, "sent", smtp_reply=mask_addresses(accepted.reply[:200]))
-    _record_sent(store, email_id, attempt, accepted, priority, time.time() - created if created else 0.0)
-    log_event(
-        logger,
-        "email.sent",
-        id=email_id,
-        status="sent",
-        attempt=number,
-        duration_ms=attempt["duration_ms"],
-        refused=len(accepted.refused),
-        worker=worker,
-    )
+        _record_internal(store, job, exc)
+        raise  # Celery logs the traceback
+    _record_success(store, job, accepted, held)
     return {"id": email_id, "status": "sent", "attempt": number}
+
+
+class BatchTask(Task):  # type: ignore[misc]
+    """``send_batch``'s base: a pool kill past the time limit dead-letters what was mid-send."""
+
+    throws = (PermanentDeliveryError, TransientDeliveryError)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, TimeLimitExceeded) and args:
+            # As for send_email: nobody can tell how far those dialogues got.
+            entry = event(
+                "failed", f"task time limit exceeded ({exc})", "time_limit", self.request.hostname or ""
+            )
+            for email_id in args[0]:
+                with contextlib.suppress(redis.RedisError):
+                    get_store().fail_if_sending(email_id, entry)
+
+
+@app.task(bind=True, base=BatchTask, name="neoforge.send_batch")
+def send_batch(self: BatchTask, email_ids: list[str]) -> dict[str, int]:
+    """Deliver many bulk emails from one message, their SMTP dialogues side by side.
+
+    Each email is handled exactly as ``send_email`` handles one: its own
+    lease, status, attempt timeline, retries (published as its own
+    ``send_email`` message) and dead letter; its result is stored under its
+    own id. The message is acknowledged once every email has an outcome; if
+    Redis fails part-way it is handed back, and the ledger skips the emails
+    already sent when it comes again.
+    """
+    settings = get_settings()
+    store = get_store()
+    worker = self.request.hostname or socket.gethostname()
+    queue = (self.request.delivery_info or {}).get("routing_key") or "bulk"
+    deadline = time.monotonic() + _budget(settings)
+    counts = {"sent": 0, "failed": 0, "retrying": 0, "skipped": 0, "deferred": 0}
+    later: list[tuple[str, float, str]] = []  # (id, countdown, queue): published as send_email
+    redis_down: redis.RedisError | None = None
+    flying: dict[concurrent.futures.Future[Accepted], tuple[_Attempting, list[dict[str, Any]]]] = {}
+    for email_id in email_ids:
+        if redis_down is not None:
+            break
+        if deadline - time.monotonic() < _budget(settings) / 2:
+            # Too little time left to start more: the rest goes out as single emails.
+            later.append((email_id, 0.0, queue))
+            counts["deferred"] += 1
+            continue
+        try:
+            status, payload, number, created, priority = _take(
+                store, email_id, worker, settings.email_task_time_limit + 5
+            )
+        except redis.RedisError as exc:
+            redis_down = exc
+            break
+        if status == "leased":
+            later.append((email_id, max(1.0, number / 1000), queue))
+            counts["deferred"] += 1
+            continue
+        if status != "sending" or payload is None:
+            counts["skipped"] += 1
+            continue
+        job = _Attempting(email_id, number, created, priority, worker)
+        try:
+            request, body, recipients, held = _prepare(payload, settings)
+        except PermanentDeliveryError as exc:
+            _record_failure(store, job, exc)
+            counts["failed"] += 1
+            continue
+        timeout = max(0.5, deadline - time.monotonic())
+        flying[submit(_send(email_id, request, body, recipients, timeout))] = (job, held)
+    for future in concurrent.futures.as_completed(flying):
+        job, held = flying[future]
+        try:
+            try:
+                accepted = future.result()
+            except TransientDeliveryError as exc:
+                if job.number > settings.email_max_retries:
+                    _record_failure(store, job, exc, reason="retries exhausted")
+                    counts["failed"] += 1
+                else:
+                    later.append((job.email_id, _record_retry(store, job, exc, settings), job.priority))
+                    counts["retrying"] += 1
+                continue
+            except PermanentDeliveryError as exc:
+                _record_failure(store, job, exc)
+                counts["failed"] += 1
+                continue
+            except Exception as exc:
+                logger.exception("email.internal_error id=%s", job.email_id)
+                _record_internal(store, job, exc)
+                counts["failed"] += 1
+                continue
+            _record_success(store, job, accepted, held)
+            counts["sent"] += 1
+            with contextlib.suppress(redis.RedisError):
+                self.app.backend.mark_as_done(
+                    job.email_id, {"id": job.email_id, "status": "sent", "attempt": job.number}
+                )
+        except redis.RedisError as exc:
+            redis_down = exc
+    for email_id, countdown, queue in later:
+        try:
+            send_email.apply_async((email_id,), countdown=countdown, queue=queue)
+        except QueueUnavailable as exc:
+            redis_down = redis.ConnectionError(str(exc))
+    if redis_down is not None:
+        # Hand the whole message back: what was sent is skipped next time.
+        log_event(logger, "batch.requeued", logging.WARNING, emails=len(email_ids),
+                  reason=type(redis_down).__name__)  # fmt: skip
+        raise Reject(redis_down, requeue=True)
+    return counts

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from neoforge import EmailService
+from neoforge.broker import message_ids
 from tests.conftest import AUTH, no_email_left, wait_for_status
 from tests.smtp_server import SmtpServer
 
@@ -71,3 +72,42 @@ def test_email_service_send_bulk(smtp_server: SmtpServer) -> None:
         for m in smtp_server.handler.messages
     )
     assert batch_id
+
+
+def test_bulk_batches_keep_each_email_on_its_own(
+    smtp_server: SmtpServer, settings_env: Any, redis_client: redis.Redis
+) -> None:
+    from tasks.email import send_batch
+
+    # 10 recipients in messages of 4; one recipient's server says "later" once.
+    settings_env(EMAIL_BULK_BATCH_SIZE="4", EMAIL_RETRY_BACKOFF="0.2", EMAIL_RETRY_BACKOFF_MAX="0.2")
+    smtp_server.handler.rcpt_replies["member5@example.com"] = "451 4.7.1 Try again later"
+    _, ids = asyncio.run(EmailService().send_bulk("test_email", "Batched", _recipients(10)))
+    retrying = wait_for_status(ids[5], {"retrying", "failed"})
+    assert retrying["status"] == "retrying" and retrying["last_smtp_code"] == "451"
+    del smtp_server.handler.rcpt_replies["member5@example.com"]
+    records = [wait_for_status(email_id, {"sent", "failed"}) for email_id in ids]
+    assert [r["status"] for r in records] == ["sent"] * 10
+    assert [r["attempts"] for r in records] == [1] * 5 + [2] + [1] * 4
+    assert smtp_server.handler.deliveries() == dict.fromkeys(ids, 1)
+    # Each email's result is in the result backend under its own id.
+    from tasks import app
+
+    assert app.AsyncResult(ids[0]).state == "SUCCESS"
+
+    # The same batch message again (a redelivery): the ledger sends nothing.
+    again = send_batch.apply_async((ids,), queue="bulk").get(timeout=20)
+    assert again["skipped"] == 10 and again["sent"] == 0
+    assert smtp_server.handler.deliveries() == dict.fromkeys(ids, 1)
+
+
+def test_batch_message_names_its_emails(redis_client: redis.Redis) -> None:
+    from tasks.email import send_batch
+
+    # A queue nobody consumes: the message waits there as kombu stored it.
+    queue = "nobody-reads-this"
+    send_batch.apply_async((["id-1", "id-2", "id-3"],), queue=queue)
+    try:
+        assert message_ids(redis_client.lindex(queue, 0)) == ["id-1", "id-2", "id-3"]
+    finally:
+        redis_client.delete(queue)

@@ -93,12 +93,14 @@ def _queue_emails(queue: str, count: int, subject: str) -> list[str]:
     ]
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_worker_killed_mid_send_loses_nothing(
-    start_cli_worker: StartWorker, smtp_server: SmtpServer, redis_client: redis.Redis
+    start_cli_worker: StartWorker, smtp_server: SmtpServer, redis_client: redis.Redis, pool: str
 ) -> None:
     queue = _queue()
     smtp_server.handler.rcpt_delay = 0.5  # emails are in flight, before the server has them
-    first = start_cli_worker(queue)
+    concurrency = 2 if pool == "prefork" else 8
+    first = start_cli_worker(queue, concurrency, WORKER_POOL=pool)
     ids = _queue_emails(queue, 12, "kill group")
     wait_until(lambda: _statuses(redis_client, ids).count("sending") >= 2, 30, "emails in flight")
     killed_at = time.time()
@@ -106,7 +108,7 @@ def test_worker_killed_mid_send_loses_nothing(
     first.wait(10)
 
     smtp_server.handler.rcpt_delay = 0.0
-    start_cli_worker(queue)
+    start_cli_worker(queue, concurrency, WORKER_POOL=pool)
     _all_sent(redis_client, ids, timeout=VISIBILITY * 1.5 + 15)
 
     counts = smtp_server.handler.deliveries()
