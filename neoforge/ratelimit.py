@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import time
+import weakref
 
 import redis
+import redis.asyncio
+from redis.commands.core import AsyncScript, Script
 
 from neoforge.store import PREFIX
 
-__all__ = ["RateLimited", "charge"]
+__all__ = ["RateLimited", "charge", "charge_async"]
 
 
 class RateLimited(Exception):
@@ -20,21 +23,50 @@ class RateLimited(Exception):
         super().__init__(f"rate limit for {what} reached; retry in {retry_after} s")
 
 
+# Both counters of the key's current minute, in one round trip.
+_CHARGE = """
+local requests = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], 120)
+local recipients = redis.call('INCRBY', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], 120)
+return {requests, recipients}
+"""
+
+
+_scripts: weakref.WeakKeyDictionary[redis.asyncio.Redis, AsyncScript] = weakref.WeakKeyDictionary()
+_sync_scripts: weakref.WeakKeyDictionary[redis.Redis, Script] = weakref.WeakKeyDictionary()
+
+
+def _counters(key: str) -> tuple[list[str], int]:
+    now = time.time()
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]  # never the key itself in Redis
+    base = f"{PREFIX}rate:{digest}:{int(now // 60)}"
+    return [f"{base}:requests", f"{base}:recipients"], max(1, 60 - int(now % 60))
+
+
+def _judge(used: list[int], retry_after: int, max_requests: int, max_recipients: int) -> None:
+    if int(used[0]) > max_requests:
+        raise RateLimited("requests", retry_after)
+    if int(used[1]) > max_recipients:
+        raise RateLimited("recipients", retry_after)
+
+
 def charge(client: redis.Redis, key: str, *, requests: int, recipients: int,
            max_requests: int, max_recipients: int) -> None:  # fmt: skip
     """Count REQUESTS and RECIPIENTS against KEY's current minute; raise RateLimited past the limits."""
-    now = time.time()
-    minute = int(now // 60)
-    retry_after = max(1, 60 - int(now % 60))
-    digest = hashlib.sha256(key.encode()).hexdigest()[:32]  # never the key itself in Redis
-    base = f"{PREFIX}rate:{digest}:{minute}"
-    with client.pipeline(transaction=True) as pipe:
-        pipe.incrby(f"{base}:requests", requests)
-        pipe.expire(f"{base}:requests", 120)
-        pipe.incrby(f"{base}:recipients", recipients)
-        pipe.expire(f"{base}:recipients", 120)
-        used_requests, _, used_recipients, _ = pipe.execute()
-    if used_requests > max_requests:
-        raise RateLimited("requests", retry_after)
-    if used_recipients > max_recipients:
-        raise RateLimited("recipients", retry_after)
+    keys, retry_after = _counters(key)
+    script = _sync_scripts.get(client)
+    if script is None:
+        script = _sync_scripts[client] = client.register_script(_CHARGE)
+    _judge(script(keys=keys, args=[requests, recipients]), retry_after, max_requests, max_recipients)
+
+
+async def charge_async(client: redis.asyncio.Redis, key: str, *, requests: int, recipients: int,
+                       max_requests: int, max_recipients: int) -> None:  # fmt: skip
+    """``charge`` on an asyncio client: the API's event loop never waits on Redis."""
+    keys, retry_after = _counters(key)
+    script = _scripts.get(client)
+    if script is None:
+        script = _scripts[client] = client.register_script(_CHARGE)
+    used = await script(keys=keys, args=[requests, recipients])
+    _judge(used, retry_after, max_requests, max_recipients)

@@ -37,14 +37,25 @@ def _environment(folder: Path) -> jinja2.Environment:
     )
 
 
+# Templates found, per folder and name. Like the compiled templates themselves
+# (auto_reload=False), a template is looked up once per process: a deploy
+# restarts the workers. A name not found is looked up again every time.
+_found: dict[tuple[Path, str], dict[str, str]] = {}
+
+
 def _files(name: str) -> dict[str, str]:
     folder = get_settings().templates_dir
+    cached = _found.get((folder, name))
+    if cached is not None:
+        return cached
     found = {}
     for kind in _KINDS:
         path = folder / f"{name}.{kind}"
         # A symlink pointing out of the folder is not a template of ours.
         if path.is_file() and path.resolve().parent == folder:
             found[kind] = path.name
+    if found:
+        _found[(folder, name)] = found
     return found
 
 
