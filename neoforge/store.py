@@ -3,14 +3,15 @@
 Keys (all under ``neoforge:``):
 
 - ``neoforge:email:{id}``          hash: status, attempts, last_error, timestamps, ...
-- ``neoforge:email:{id}:payload``  the validated request as JSON, until it is sent
+- ``neoforge:email:{id}:payload``  the validated request as JSON (zlib + base64 if long), until sent
 - ``neoforge:email:{id}:attempts`` list: one JSON entry per delivery attempt (and requeue)
 - ``neoforge:email:{id}:lease``    who is sending it right now (expires on its own)
 - ``neoforge:failed``              sorted set: failed email ids by time of failure (dead letters)
 - ``neoforge:scheduled``           sorted set: email ids by the time they are due in the broker
 - ``neoforge:pending``             sorted set: published, unfinished email ids by time of publishing
 - ``neoforge:idem:{key}``          the email id queued under an idempotency key
-- ``neoforge:rcpt:{sha256}``       set: ids of the emails to one address (for erasure requests)
+- ``neoforge:rcpt:{sha256}``       hash: ids of the emails to one address, as fields (for erasure
+  requests; a small hash is packed, a set of UUIDs is not)
 - ``neoforge:metrics``             hash: counters for Prometheus, shared by every process
 - ``neoforge:metrics:latency``, ``neoforge:metrics:send_duration``  hashes: histogram buckets
 
@@ -22,9 +23,11 @@ duplicate message sends the email again.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import time
+import zlib
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -56,18 +59,20 @@ _Mapping = Any  # redis-py's stub wants an invariant key type that no plain dict
 # Record a new email. With an idempotency key already taken, nothing is
 # written and the earlier id is returned; a scheduled email is entered in the
 # scheduled set, any other in the pending index (it is about to be published).
+# With a broker message, it is pushed to its queue in the same step.
 # KEYS: record, payload, idem (or ""), scheduled set, pending index, metrics,
-# then one recipient index per address.
-# ARGV: id, payload, idem ttl, due score (or ""), index ttl, then field/value pairs.
+# queue (or ""), then one recipient index per address.
+# ARGV: id, payload, idem ttl, due score (or ""), index ttl, message (or ""),
+# then field/value pairs.
 _CREATE = """
 if KEYS[3] ~= '' then
   if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'EX', ARGV[3]) then
     return redis.call('GET', KEYS[3])
   end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-for i = 7, #KEYS do
-  redis.call('SADD', KEYS[i], ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+for i = 8, #KEYS do
+  redis.call('HSET', KEYS[i], ARGV[1], '')
   redis.call('EXPIRE', KEYS[i], ARGV[5])
 end
 redis.call('SET', KEYS[2], ARGV[2])
@@ -79,6 +84,7 @@ else
   local ts = now[1] + now[2] / 1000000
   redis.call('HSET', KEYS[1], 'published_ts', ts)
   redis.call('ZADD', KEYS[5], ts, ARGV[1])
+  if ARGV[6] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[6]) end
 end
 return ARGV[1]
 """
@@ -201,6 +207,26 @@ def email_key(email_id: str) -> str:
     return f"{PREFIX}email:{email_id}"
 
 
+# Payloads over this size are stored zlib-compressed (base64, marked "z:"):
+# a 2 KB text+HTML email takes about 1 KB instead of 2.3 KB, for ~40 µs.
+_COMPRESS_FROM = 600
+
+
+def pack_payload(payload: str) -> str:
+    """PAYLOAD as stored: compressed when that pays."""
+    if len(payload) < _COMPRESS_FROM:
+        return payload
+    packed = "z:" + base64.b64encode(zlib.compress(payload.encode(), 6)).decode()
+    return packed if len(packed) < len(payload) else payload
+
+
+def unpack_payload(stored: str) -> str:
+    """The JSON payload back from what ``pack_payload`` stored."""
+    if stored.startswith("z:"):
+        return zlib.decompress(base64.b64decode(stored[2:])).decode()
+    return stored
+
+
 def payload_key(email_id: str) -> str:
     return f"{PREFIX}email:{email_id}:payload"
 
@@ -257,12 +283,14 @@ class StatusStore:
         due: float | None = None,
         recipients: list[str] | None = None,
         pipeline: Any = None,
+        message: tuple[str, str] | None = None,
     ) -> str:
         """Record a new email (queued, or scheduled when DUE is given); return its id.
 
         With an IDEMPOTENCY (key, seconds) already used, nothing is written and
         the id recorded under that key is returned instead. With a PIPELINE the
-        write is only queued on it (the caller executes it).
+        write is only queued on it (the caller executes it). MESSAGE, a broker
+        message as (queue key, body), is pushed in the same step.
         """
         now = now_iso()
         record: dict[str, str | int] = {
@@ -283,9 +311,18 @@ class StatusStore:
                 SCHEDULED,
                 PENDING,
                 METRICS,
+                message[0] if message else "",
                 *(recipient_key(address) for address in recipients or []),
             ],
-            args=[email_id, payload, ttl, "" if due is None else due, self.status_ttl + 31 * 86400, *flat],
+            args=[
+                email_id,
+                pack_payload(payload),
+                ttl,
+                "" if due is None else due,
+                self.status_ttl + 31 * 86400,
+                message[1] if message else "",
+                *flat,
+            ],
             client=pipeline,
         )
         return email_id if pipeline is not None else str(result)
@@ -355,6 +392,8 @@ class StatusStore:
         status, payload, number = found[0], found[1], found[2]
         created = float(found[3]) if len(found) > 3 and found[3] else 0.0
         priority = str(found[4]) if len(found) > 4 else "transactional"
+        if status == "sending" and payload:
+            payload = unpack_payload(str(payload))
         return str(status), payload if payload else None, int(number), created, priority
 
     def release_lease(self, email_id: str, lease: str) -> None:
@@ -493,7 +532,7 @@ class StatusStore:
 
     def emails_to(self, address: str) -> list[str]:
         """Ids of the emails sent to ADDRESS (to, cc or bcc) that are still on record."""
-        return sorted(str(i) for i in self.client.smembers(recipient_key(address)))
+        return sorted(str(i) for i in self.client.hkeys(recipient_key(address)))
 
     def forget_recipient(self, address: str) -> None:
         self.client.delete(recipient_key(address))

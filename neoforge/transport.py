@@ -9,6 +9,10 @@ command borrows a connection from the pool), so this channel builds it once.
 Everything else — queues, acknowledgements, visibility timeout, restore — is
 kombu's own.
 
+It can also hand a message back instead of pushing it (``capture``): queueing
+an email then writes its record and pushes its message in one Lua script, one
+round trip, all or nothing (neoforge/store.py ``_CREATE``).
+
 Selected by ``broker_transport`` in celeryconfig.py; the URL stays ``redis://``
 (or ``rediss://``).
 """
@@ -16,13 +20,31 @@ Selected by ``broker_transport`` in celeryconfig.py; the URL stays ``redis://``
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
 
-__all__ = ["Channel", "Transport"]
+__all__ = ["Channel", "Transport", "capture"]
+
+_capturing = threading.local()
+
+
+@contextmanager
+def capture() -> Iterator[list[tuple[str, str]]]:
+    """Within this block, messages this thread publishes are collected, not pushed.
+
+    Each is ``(list key, serialized message)``: exactly what kombu would LPUSH.
+    """
+    collected: list[tuple[str, str]] = []
+    _capturing.messages = collected
+    try:
+        yield collected
+    finally:
+        _capturing.messages = None
 
 
 class Channel(kombu_redis.Channel):
@@ -41,6 +63,16 @@ class Channel(kombu_redis.Channel):
             self._shared_client = self._create_client()  # type: ignore[no-untyped-call]
             self._shared_pid = os.getpid()
         yield self._shared_client
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        collected = getattr(_capturing, "messages", None)
+        if collected is None:
+            super()._put(queue, message, **kwargs)  # type: ignore[no-untyped-call]
+            return
+        # What kombu's Redis channel would push (kombu/transport/redis.py, _put).
+        priority = self._get_message_priority(message, reverse=False)  # type: ignore[no-untyped-call]
+        key = self._q_for_pri(queue, priority)  # type: ignore[no-untyped-call]
+        collected.append((key, dumps(message)))  # type: ignore[no-untyped-call]
 
 
 class Transport(kombu_redis.Transport):

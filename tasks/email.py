@@ -42,6 +42,8 @@ from neoforge.settings import Settings, get_settings
 from neoforge.staging import envelope
 from neoforge.store import Attempt, StatusStore, event, get_store, iso, now_iso, unavailable
 from neoforge.templates import Rendered, render
+from neoforge.transport import Transport as CapturingTransport
+from neoforge.transport import capture
 from tasks.app import app
 
 __all__ = ["EmailTask", "send_batch", "send_email"]
@@ -104,9 +106,10 @@ class EmailTask(Task):  # type: ignore[misc]
     ) -> tuple[str, str | None]:
         """Record and publish REQUEST; return (id, "queued" or "scheduled"), or (earlier id, None).
 
-        Nothing is left behind on failure: the record is written before the
-        message is published (so the status is ``queued`` the moment the id
-        exists) and removed again if the publish fails. With an
+        Nothing is left behind on failure: the record and the message are
+        written by one Lua script, all or nothing (where the broker transport is
+        not ours, the record is written first and removed again if the publish
+        fails). With an
         ``idempotency_key`` seen within the window, the earlier id is returned
         and nothing new is queued. Raises QueueUnavailable if Redis is down.
         """
@@ -120,6 +123,9 @@ class EmailTask(Task):  # type: ignore[misc]
             (request.idempotency_key, settings.email_idempotency_window) if request.idempotency_key else None
         )
         store = get_store()
+        # The message, built by Celery and kombu but not yet pushed: the record
+        # and the message then reach Redis in one script, all or nothing.
+        message = self._capture(email_id, queue, options) if due is None else None
         try:
             recorded = store.create(
                 email_id,
@@ -128,13 +134,14 @@ class EmailTask(Task):  # type: ignore[misc]
                 idempotency=idempotency,
                 due=due,
                 recipients=request.recipients(),
+                message=message,
             )
         except redis.RedisError as exc:
             raise unavailable(exc) from exc
         if recorded != email_id:
             log_event(logger, "email.duplicate", id=recorded)
             return recorded, None
-        if due is None:
+        if due is None and message is None:
             try:
                 self._publish(email_id, {**options, "queue": queue, "first_publish": True})
             except QueueUnavailable:
@@ -157,6 +164,31 @@ class EmailTask(Task):  # type: ignore[misc]
             scheduled=due is not None,
         )
         return email_id, "queued" if due is None else "scheduled"
+
+    def _capture(self, email_id: str, queue: str, options: dict[str, Any]) -> tuple[str, str] | None:
+        """EMAIL_ID's message as (queue key, body), built but not pushed; None where that cannot be.
+
+        Only our transport (neoforge/transport.py) can hand a message back,
+        and only a message due now goes straight to its queue.
+        """
+        if options.get("countdown") or options.get("eta") is not None:
+            return None
+        given = options.get("producer")
+        try:
+            with contextlib.nullcontext(given) if given else self.app.producer_or_acquire() as producer:
+                if not isinstance(producer.connection.transport, CapturingTransport):
+                    return None
+                with capture() as captured:
+                    super().apply_async(
+                        (email_id,), None, task_id=email_id, queue=queue, **{**options, "producer": producer}
+                    )
+        except _PUBLISH_ERRORS as exc:
+            raise unavailable(
+                exc if isinstance(exc, redis.RedisError | OSError) else OSError(str(exc))
+            ) from exc
+        if len(captured) != 1:
+            raise RuntimeError(f"expected one captured message, got {len(captured)}")
+        return captured[0]
 
     def queue_bulk(self, requests: list[EmailRequest], batch_id: str) -> list[str]:
         """Record and publish many checked emails in chunks; return their ids (in order).

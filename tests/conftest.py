@@ -195,6 +195,10 @@ def clean_state(redis_client: redis.Redis, smtp_server: SmtpServer) -> Iterator[
 def celery_app(environment: dict[str, str]) -> Any:
     from tasks import app
 
+    # Read the configuration now, while settings point at the test servers: a
+    # test that points REDIS_URL elsewhere for a while must not become the
+    # broker of every later one.
+    assert app.conf.broker_url == environment["REDIS_URL"]
     return app
 
 
