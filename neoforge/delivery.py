@@ -36,7 +36,15 @@ from neoforge.redact import mask_addresses
 from neoforge.settings import Settings, get_settings
 from neoforge.templates import Rendered
 
-__all__ = ["Accepted", "build_message", "close_connections", "deliver", "run_in_worker_loop", "submit"]
+__all__ = [
+    "Accepted",
+    "build_message",
+    "bulk_connections",
+    "close_connections",
+    "deliver",
+    "run_in_worker_loop",
+    "submit",
+]
 
 T = TypeVar("T")
 
@@ -178,6 +186,9 @@ class _Pool:
         self.settings = settings
         self.idle: list[tuple[aiosmtplib.SMTP, float, int]] = []
         self.slots = asyncio.Semaphore(settings.smtp_max_connections)
+        # Bulk mail may hold at most four fifths of them: the rest is kept for
+        # transactional mail, which never queues behind a bulk backlog here.
+        self.bulk_slots = asyncio.Semaphore(bulk_connections(settings))
 
     async def connect(self) -> aiosmtplib.SMTP:
         s = self.settings
@@ -255,8 +266,18 @@ class _DataPhaseLost(Exception):
         self.cause = cause
 
 
-async def deliver(message: Message, recipients: list[str], timeout: float | None = None) -> Accepted:
+def bulk_connections(settings: Settings) -> int:
+    """How many of SMTP_MAX_CONNECTIONS bulk mail may use at once."""
+    total = settings.smtp_max_connections
+    return max(1, total - max(1, total // 5))
+
+
+async def deliver(
+    message: Message, recipients: list[str], timeout: float | None = None, bulk: bool = False
+) -> Accepted:
     """Send MESSAGE to RECIPIENTS; raise TransientDeliveryError or PermanentDeliveryError.
+
+    BULK mail waits for one of its share of the connections (``bulk_connections``).
 
     TIMEOUT bounds the whole SMTP dialogue (connect included): Celery's threads
     pool has no hard time limit, and the email's lease relies on the attempt
@@ -268,7 +289,11 @@ async def deliver(message: Message, recipients: list[str], timeout: float | None
     data = message.as_bytes()
     state = _Dialogue()
     try:
-        async with asyncio.timeout(timeout), pool.slots:
+        async with (
+            asyncio.timeout(timeout),
+            pool.bulk_slots if bulk else contextlib.nullcontext(),
+            pool.slots,
+        ):
             return await _deliver(pool, settings.smtp_from, recipients, data, state)
     except TimeoutError as exc:
         if state.smtp is not None:

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     # processes for prefork (default: one per CPU).
     worker_concurrency: int | None = Field(None, ge=1, le=1000)
     # Bulk emails per broker message (one task sends them side by side).
-    email_bulk_batch_size: int = Field(25, ge=1, le=500)
+    email_bulk_batch_size: int = Field(20, ge=1, le=500)
     # SMTP dialogues (and so connections) at once per worker process.
     smtp_max_connections: int = Field(50, ge=1, le=1000)
 

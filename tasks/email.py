@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -31,7 +32,14 @@ from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 
 from neoforge.backoff import retry_delay
-from neoforge.delivery import Accepted, build_message, deliver, run_in_worker_loop, submit
+from neoforge.delivery import (
+    Accepted,
+    build_message,
+    bulk_connections,
+    deliver,
+    run_in_worker_loop,
+    submit,
+)
 from neoforge.enqueue import check_renders, validate
 from neoforge.errors import DeliveryError, PermanentDeliveryError, QueueUnavailable, TransientDeliveryError
 from neoforge.logs import log_event
@@ -383,7 +391,12 @@ def _prepare(
 
 
 async def _send(
-    email_id: str, request: EmailRequest, body: Rendered, recipients: list[str], timeout: float
+    email_id: str,
+    request: EmailRequest,
+    body: Rendered,
+    recipients: list[str],
+    timeout: float,
+    bulk: bool = False,
 ) -> Accepted:
     """Build the MIME message and hand it to the SMTP server (on the sender loop)."""
     try:
@@ -392,7 +405,7 @@ async def _send(
         raise PermanentDeliveryError(
             f"message cannot be built: {type(exc).__name__}", None, "bad_message"
         ) from exc
-    return await deliver(message, recipients, timeout)
+    return await deliver(message, recipients, timeout, bulk)
 
 
 def _budget(settings: Settings) -> float:
@@ -535,6 +548,32 @@ def send_batch(self: BatchTask, email_ids: list[str]) -> dict[str, int]:
     already sent when it comes again.
     """
     settings = get_settings()
+    # A few batches at a time per process, enough to fill bulk mail's share
+    # of the SMTP connections: the other threads (and the CPU) stay free for
+    # transactional mail. A batch that cannot start soon goes back to its queue.
+    gate = _batch_gate(settings)
+    if not gate.acquire(timeout=settings.broker_visibility_timeout / 4):
+        raise Reject("busy: every batch slot of this worker process is taken", requeue=True)
+    try:
+        return _send_batch(self, email_ids, settings)
+    finally:
+        gate.release()
+
+
+_gates: dict[int, threading.BoundedSemaphore] = {}
+_gates_lock = threading.Lock()
+
+
+def _batch_gate(settings: Settings) -> threading.BoundedSemaphore:
+    size = max(1, bulk_connections(settings) // settings.email_bulk_batch_size)
+    with _gates_lock:
+        gate = _gates.get(size)
+        if gate is None:
+            gate = _gates[size] = threading.BoundedSemaphore(size)
+        return gate
+
+
+def _send_batch(self: BatchTask, email_ids: list[str], settings: Settings) -> dict[str, int]:
     store = get_store()
     worker = self.request.hostname or socket.gethostname()
     queue = (self.request.delivery_info or {}).get("routing_key") or "bulk"
@@ -573,7 +612,7 @@ def send_batch(self: BatchTask, email_ids: list[str]) -> dict[str, int]:
             counts["failed"] += 1
             continue
         timeout = max(0.5, deadline - time.monotonic())
-        flying[submit(_send(email_id, request, body, recipients, timeout))] = (job, held)
+        flying[submit(_send(email_id, request, body, recipients, timeout, bulk=True))] = (job, held)
     for future in concurrent.futures.as_completed(flying):
         job, held = flying[future]
         try:

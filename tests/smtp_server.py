@@ -40,6 +40,7 @@ class RecordingHandler:
         self.rcpt_replies: dict[str, str] = {}
         self.data_delay = 0.0
         self.rcpt_delay = 0.0
+        self.rcpt_delays: dict[str, float] = {}
         self.drop_after_data = 0
         self.connections = 0
         self.data_hook: Callable[[], None] | None = None
@@ -51,6 +52,7 @@ class RecordingHandler:
             self.rcpt_replies.clear()
             self.data_delay = 0.0
             self.rcpt_delay = 0.0
+            self.rcpt_delays.clear()
             self.drop_after_data = 0
             self.connections = 0
             self.data_hook = None
@@ -66,8 +68,9 @@ class RecordingHandler:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
-        if self.rcpt_delay:
-            await asyncio.sleep(self.rcpt_delay)
+        delay = self.rcpt_delays.get(address, self.rcpt_delay)
+        if delay:
+            await asyncio.sleep(delay)
         reply = self.rcpt_replies.get(address)
         if reply:
             return reply

@@ -190,3 +190,30 @@ def test_connection_is_reused_across_emails(smtp_server: SmtpServer) -> None:
     for email_id in ids:
         wait_for_status(email_id, {"sent"})
     assert smtp_server.handler.connections <= 2
+
+
+def test_transactional_mail_never_waits_for_bulk_connections(
+    smtp_server: SmtpServer, settings_env: Any
+) -> None:
+    """Bulk may hold 4 of 5 connections; a transactional email gets the fifth at once."""
+    from neoforge.delivery import build_message, deliver, run_in_worker_loop, submit
+    from neoforge.message import EmailRequest
+    from neoforge.templates import Rendered
+
+    settings_env(SMTP_MAX_CONNECTIONS="5")
+
+    def message(name: str) -> Any:
+        request = EmailRequest(to=[f"{name}@example.com"], subject=name, text="x")
+        return run_in_worker_loop(build_message(name, request, Rendered(html=None, text="x")))
+
+    for i in range(6):
+        smtp_server.handler.rcpt_delays[f"bulk{i}@example.com"] = 1.5
+    bulk = [submit(deliver(message(f"bulk{i}"), [f"bulk{i}@example.com"], 30, bulk=True)) for i in range(6)]
+    run_in_worker_loop(deliver(message("urgent"), ["urgent@example.com"], 30))
+    subjects = [m.message["Subject"] for m in smtp_server.handler.messages]
+    # It went out ahead of every bulk email (4 in their dialogue, 2 waiting).
+    assert subjects == ["urgent"]
+    for future in bulk:
+        future.result(timeout=30)
+    assert sorted(m.message["Subject"] for m in smtp_server.handler.messages)[-1] == "urgent"
+    assert len(smtp_server.handler.messages) == 7
