@@ -48,7 +48,12 @@ worker_concurrency = _settings.worker_concurrency or (32 if worker_pool == "thre
 task_track_started = False
 result_extended = True
 result_expires = _settings.email_status_ttl
-worker_send_task_events = True
+# Task events (three Redis publishes per email, about 15% of a worker's
+# throughput, measured with bench/) only while someone watches: Flower turns
+# them on in every worker every 5 s while it runs (its --enable_events,
+# default on), as does `celery -A tasks control enable_events`. Worker
+# heartbeats, and our own metrics and statuses, do not depend on them.
+worker_send_task_events = False
 # No "task-sent" event: it is a second Redis message for every email queued
 # (about a third of the enqueue cost, measured with bench/), and our record
 # already says "queued" from the first instant. Flower sees each email from

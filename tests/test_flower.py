@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -103,12 +104,28 @@ def flower(
 
         # Tasks reach Flower only as events: it must be listening before an email is sent.
         wait_until(worker_online, 30, f"worker {flower_worker} in Flower", interval=0.2)
+        # Workers send task events only once Flower has turned them on (every 5 s):
+        # until a probe email shows up in Flower, it has not.
+        wait_until(lambda: _probe_seen(url), 60, "task events turned on by Flower", interval=0)
         yield url
     finally:
         stop(process)
     text = log.read_text()
     assert PASSWORD not in text
     assert "@example.com" not in text
+
+
+def _probe_seen(url: str) -> bool:
+    from tasks import send_email
+
+    probe = send_email.delay(to=["probe@example.com"], subject="Flower probe", text="probe").id
+    wait_for_status(probe, {"sent"}, timeout=30)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if _get(f"{url}/api/task/info/{probe}", f"{USER}:{PASSWORD}")[0] == 200:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def _refused(auth: str | None, *extra: str) -> subprocess.CompletedProcess[str]:
