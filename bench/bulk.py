@@ -17,6 +17,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from bench.cpu import CpuSample
@@ -49,12 +50,14 @@ def queue_bulk_recipients(count: int) -> list[str]:
     return ids
 
 
-def bulk_drain(stack: Stack, count: int, delay: float | None = None) -> DrainResult:
+def bulk_drain(
+    stack: Stack, count: int, delay: float | None = None, profile: Path | None = None
+) -> DrainResult:
     """(c) and (g) for ours: COUNT recipients queued with ``queue_bulk``, drained by the default workers.
 
-    With DELAY, through the slow proxy (see ``drain``).
+    With DELAY, through the slow proxy; with PROFILE, recorded by py-spy (see ``drain``).
     """
-    return drain(stack, "ours", count, delay, enqueue=queue_bulk_recipients)
+    return drain(stack, "ours", count, delay, enqueue=queue_bulk_recipients, profile=profile)
 
 
 @dataclass

@@ -11,16 +11,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.cpu import CpuSample
 from bench.emails import email
+from bench.profile import PySpy
 from bench.stack import Stack, System
 
 __all__ = ["DrainResult", "drain"]
 
 _POLL = 0.02
 _STALL = 60.0  # seconds without a delivery before the run is declared stuck
+_PROFILE_SECONDS = 5
 _SETTLE = 1.5  # seconds for the append-only file's once-a-second fsync to empty its buffer
 
 
@@ -40,6 +43,7 @@ class DrainResult:
     steady_rate: float  # (emails - 1) / (Nth delivery - first delivery)
     extra_deliveries: int  # deliveries past N once the worker stopped: duplicates
     cpu: dict[str, float] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None  # py-spy summary of our first worker (--profile)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for the JSON report."""
@@ -70,12 +74,15 @@ def drain(
     count: int,
     delay: float | None = None,
     enqueue: Callable[[int], None] | None = None,
+    profile: Path | None = None,
 ) -> DrainResult:
     """Queue COUNT emails, start SYSTEM's worker, and time it until the sink has them all.
 
     With DELAY, the worker talks to the sink through the slow proxy, whose
     every reply comes DELAY seconds late. ENQUEUE(count), if given, queues the
-    emails instead of one ``.delay()`` each (the bulk scenario).
+    emails instead of one ``.delay()`` each (the bulk scenario). With PROFILE
+    (a file for py-spy's raw samples), our first worker is recorded for a few
+    seconds from its first delivery.
     """
     stack.flush()
     sink = stack.start_sink()
@@ -101,9 +108,17 @@ def drain(
         t0 = time.monotonic()
         workers = stack.start_workers(system, smtp_port)
         groups |= stack.worker_groups(workers)
-        first, last = _wait_for(sink.count, count, t0)
+        recording: list[PySpy] = []
+
+        def record() -> None:
+            if profile is not None and system == "ours":
+                recording.append(PySpy(workers[0].pid, _PROFILE_SECONDS, profile))
+
+        first, last = _wait_for(sink.count, count, t0, on_first=record)
         # The baseline's main process consumes and dispatches; its pool processes send.
         after = CpuSample.take(groups, {"worker:main": workers[0].pid} if system != "ours" else {})
+        # (py-spy's few seconds may outlast the drain: the worker idles, few samples.)
+        summary = recording[0].finish().as_dict() if recording else None
         stack.stop_workers(workers)
         # A message delivered twice would show up as one more at the sink.
         time.sleep(0.5)
@@ -126,10 +141,13 @@ def drain(
         steady_rate=round((count - 1) / (last - first), 2) if last > first else 0.0,
         extra_deliveries=extra,
         cpu=after.since(before) | {"wall": round(seconds, 2)},
+        profile=summary,
     )
 
 
-def _wait_for(count: Callable[[], int], wanted: int, t0: float) -> tuple[float, float]:
+def _wait_for(
+    count: Callable[[], int], wanted: int, t0: float, on_first: Callable[[], None] | None = None
+) -> tuple[float, float]:
     """Poll COUNT() until it reaches WANTED; return when the first and the last one arrived."""
     first = 0.0
     seen, progress_at = 0, t0
@@ -138,6 +156,8 @@ def _wait_for(count: Callable[[], int], wanted: int, t0: float) -> tuple[float, 
         current = count()
         if current and not first:
             first = now
+            if on_first is not None:
+                on_first()
         if current >= wanted:
             return first, now
         if current > seen:

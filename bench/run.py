@@ -26,6 +26,7 @@ from typing import Any
 from bench.api import ApiResult, post_emails
 from bench.bulk import BULK_CHUNK, LatencyResult, bulk_drain, latency_under_backlog
 from bench.drain import DrainResult, drain
+from bench.profile import Profile
 from bench.report import Row, bottlenecks, cpu_cell, render_table, write_json
 from bench.sink import ensure_smtp_sink
 from bench.stack import ROOT, Stack
@@ -76,26 +77,40 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "d (latency under bulk), e (API)",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the run's folder of process logs")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record our first worker with py-spy in (a), (b), (c) and (g), and print where its CPU goes",
+    )
     parser.set_defaults(mode="quick")
     return parser.parse_args(argv)
 
 
-def _scenarios(stack: Stack, sizes: Sizes, wanted: set[str]) -> dict[str, dict[str, Any]]:
+def _scenarios(
+    stack: Stack, sizes: Sizes, wanted: set[str], profiles: Path | None
+) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
+
+    def raw(key: str) -> Path | None:
+        return profiles / f"profile-{key}-ours.txt" if profiles is not None else None
+
     if "a" in wanted:
-        results["a"] = {system: drain(stack, system, sizes.loopback) for system in SYSTEMS}
+        results["a"] = {system: drain(stack, system, sizes.loopback, profile=raw("a")) for system in SYSTEMS}
     if "b" in wanted:
         counts = {"baseline": sizes.slow_baseline, "ours": sizes.slow_ours}
-        results["b"] = {system: drain(stack, system, counts[system], SLOW_REPLY_DELAY) for system in SYSTEMS}
+        results["b"] = {
+            system: drain(stack, system, counts[system], SLOW_REPLY_DELAY, profile=raw("b"))
+            for system in SYSTEMS
+        }
     if "c" in wanted:
         results["c"] = {
             "baseline": drain(stack, "baseline", sizes.bulk),
-            "ours": bulk_drain(stack, sizes.bulk),
+            "ours": bulk_drain(stack, sizes.bulk, profile=raw("c")),
         }
     if "g" in wanted:
         results["g"] = {
             "baseline": drain(stack, "baseline", sizes.slow_baseline, SLOW_REPLY_DELAY),
-            "ours": bulk_drain(stack, sizes.bulk_slow, SLOW_REPLY_DELAY),
+            "ours": bulk_drain(stack, sizes.bulk_slow, SLOW_REPLY_DELAY, profile=raw("g")),
         }
     if "d" in wanted:
         results["d"] = {
@@ -196,6 +211,16 @@ def _rows(results: dict[str, dict[str, Any]], sizes: Sizes) -> list[Row]:
                 a["ours"].enqueue_rate, cpu="(bench process)"),
         ]  # fmt: skip
     return rows
+
+
+def _profiles(results: dict[str, dict[str, Any]]) -> list[str]:
+    lines = []
+    for key in ("a", "b", "c", "g"):
+        profile = getattr(results.get(key, {}).get("ours"), "profile", None)
+        if profile is not None:
+            summary = Profile(**profile)
+            lines += [f"({key}) {line}" for line in summary.lines()]
+    return lines
 
 
 def _notes(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -300,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.configure_this_process()
         machine = _machine(stack)
         source = _source()
-        results = _scenarios(stack, sizes, wanted)
+        results = _scenarios(stack, sizes, wanted, args.json.parent if args.profile else None)
         finished = True
     finally:
         stack.close()
@@ -329,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     print("of the machine):")
     for line in limits:
         print(f"- {line}")
+    profiles = _profiles(results)
+    if profiles:
+        print("\nWhere our first worker's CPU went (py-spy --gil, a few seconds from its first delivery):")
+        for line in profiles:
+            print(f"- {line}")
     notes = _notes(results)
     print("\nNotes:")
     for line in notes:
@@ -351,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": {key: {s: r.as_dict() for s, r in runs.items()} for key, runs in results.items()},
             "table": [asdict(row) for row in rows],
             "limits": limits,
+            "profiles": profiles,
             "notes": notes,
         },
     )
