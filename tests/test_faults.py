@@ -122,6 +122,35 @@ def test_worker_killed_mid_send_loses_nothing(
     print(f"\nkill -9 of a worker group: {len(ids)} emails, {len(duplicates)} duplicates")
 
 
+def test_worker_killed_mid_batch_loses_nothing(
+    start_cli_worker: StartWorker, smtp_server: SmtpServer, redis_client: redis.Redis, settings_env: Any
+) -> None:
+    """Bulk batches in a threads-pool worker's hands when it dies: every email sent, once."""
+    from neoforge.bulk import queue_bulk
+
+    settings_env(EMAIL_BULK_BATCH_SIZE="5")
+    smtp_server.handler.rcpt_delay = 0.5
+    first = start_cli_worker("bulk", 8, WORKER_POOL="threads")
+    recipients = [{"to": f"member{i}@example.com", "context": {"name": f"M{i}"}} for i in range(40)]
+    _, ids = queue_bulk({"template": "test_email", "subject": "Kill batch", "recipients": recipients})
+    wait_until(lambda: _statuses(redis_client, ids).count("sending") >= 5, 30, "batches in flight")
+    killed_at = time.time()
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+
+    smtp_server.handler.rcpt_delay = 0.0
+    start_cli_worker("bulk", 8, WORKER_POOL="threads")
+    _all_sent(redis_client, ids, timeout=VISIBILITY * 1.5 + 15)
+
+    counts = smtp_server.handler.deliveries()
+    assert sorted(counts) == sorted(ids)
+    duplicates = {i: n for i, n in counts.items() if n > 1}
+    for email_id in duplicates:  # only the documented window, as above
+        first_copy = min(m.at for m in smtp_server.handler.messages if email_id in m.message["Message-ID"])
+        assert killed_at - 1.0 <= first_copy <= killed_at, (email_id, first_copy, killed_at)
+    print(f"\nkill -9 mid-batch: {len(ids)} emails, {len(duplicates)} duplicates")
+
+
 def test_killed_pool_child_is_retried_at_once(
     start_cli_worker: StartWorker, smtp_server: SmtpServer, redis_client: redis.Redis
 ) -> None:
