@@ -611,6 +611,11 @@ def _send_batch(self: BatchTask, email_ids: list[str], settings: Settings) -> di
             _record_failure(store, job, exc)
             counts["failed"] += 1
             continue
+        except Exception as exc:  # a defect of ours: this email only, the batch goes on
+            logger.exception("email.internal_error id=%s", email_id)
+            _record_internal(store, job, exc)
+            counts["failed"] += 1
+            continue
         timeout = max(0.5, deadline - time.monotonic())
         flying[submit(_send(email_id, request, body, recipients, timeout, bulk=True))] = (job, held)
     for future in concurrent.futures.as_completed(flying):
