@@ -20,7 +20,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import make_msgid
@@ -250,6 +250,11 @@ async def _transmit(
             refused.append(exc)
     if len(refused) == len(recipients):
         raise aiosmtplib.SMTPRecipientsRefused(refused)
+    if state.before_data is not None:
+        # The caller's ledger mark: from here on the message may reach the
+        # server, so a crash must not lead to a second copy. If the mark
+        # cannot be written, nothing is sent.
+        state.before_data()
     state.in_data = True
     try:
         reply = await smtp.data(data)
@@ -273,11 +278,17 @@ def bulk_connections(settings: Settings) -> int:
 
 
 async def deliver(
-    message: Message, recipients: list[str], timeout: float | None = None, bulk: bool = False
+    message: Message,
+    recipients: list[str],
+    timeout: float | None = None,
+    bulk: bool = False,
+    before_data: Callable[[], None] | None = None,
 ) -> Accepted:
     """Send MESSAGE to RECIPIENTS; raise TransientDeliveryError or PermanentDeliveryError.
 
     BULK mail waits for one of its share of the connections (``bulk_connections``).
+    BEFORE_DATA is called (on the sender loop, so it must be quick) right before
+    the DATA command; if it raises, the dialogue ends there and nothing is sent.
 
     TIMEOUT bounds the whole SMTP dialogue (connect included): Celery's threads
     pool has no hard time limit, and the email's lease relies on the attempt
@@ -287,7 +298,7 @@ async def deliver(
     settings = get_settings()
     pool = _pool(settings)
     data = message.as_bytes()
-    state = _Dialogue()
+    state = _Dialogue(before_data=before_data)
     try:
         async with (
             asyncio.timeout(timeout),
@@ -311,6 +322,7 @@ class _Dialogue:
 
     smtp: aiosmtplib.SMTP | None = None
     in_data: bool = False
+    before_data: Callable[[], None] | None = None
 
 
 async def _deliver(

@@ -106,6 +106,15 @@ if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('DEL'
 if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then
   return {'leased', redis.call('GET', KEYS[3]), redis.call('PTTL', KEYS[3])}
 end
+if status == 'sending' then
+  local attempts = redis.call('HGET', KEYS[1], 'attempts')
+  if redis.call('HGET', KEYS[1], 'data_attempt') == attempts then
+    -- The last attempt's sender went away after it began DATA: the server may
+    -- have the message. Never a second copy: the caller dead-letters it (the
+    -- lease stays ours until then).
+    return {'unknown', false, tonumber(attempts)}
+  end
+end
 local function finish(final)
   redis.call('HSET', KEYS[1], 'status', final, 'updated_at', ARGV[1], 'next_attempt_at', '')
   redis.call('DEL', KEYS[2], KEYS[3])
@@ -382,8 +391,11 @@ class StatusStore:
 
         ``sending`` means deliver now (the payload is returned). ``leased``
         means another sender holds the lease: the holder and the lease's
-        remaining milliseconds are returned. Anything else (``missing``,
-        ``sent``, ``failed``, ``expired``, ``scheduled``) means nothing to do.
+        remaining milliseconds are returned. ``unknown`` means the previous
+        attempt (its number is returned) got as far as DATA and its sender is
+        gone: the caller holds the lease and must dead-letter the email.
+        Anything else (``missing``, ``sent``, ``failed``, ``expired``,
+        ``scheduled``) means nothing to do.
         """
         found = self._begin(
             keys=[email_key(email_id), payload_key(email_id), lease_key(email_id), PENDING, METRICS],
@@ -395,6 +407,10 @@ class StatusStore:
         if status == "sending" and payload:
             payload = unpack_payload(str(payload))
         return str(status), payload if payload else None, int(number), created, priority
+
+    def mark_data_started(self, email_id: str, attempt: int) -> None:
+        """Attempt ATTEMPT is about to send DATA: if it is interrupted, never send the email again."""
+        self.client.hset(email_key(email_id), "data_attempt", attempt)
 
     def release_lease(self, email_id: str, lease: str) -> None:
         """Give up the lease if we still hold it."""

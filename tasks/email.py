@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -325,24 +326,34 @@ def _holder_is_dead(holder: str) -> bool:
         return False
 
 
+def _persist(write: Callable[[], None], seconds: float = 30.0) -> None:
+    """WRITE, tried again every half second for up to SECONDS while Redis is unreachable.
+
+    For outcomes the server gave us: lose one, and the email's ledger keeps
+    its "DATA began" mark, so the email ends as an ``outcome_unknown`` dead
+    letter instead of being retried or marked sent. Raises the last error.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            write()
+            return
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def _record_sent(
     store: StatusStore, email_id: str, attempt: Attempt, accepted: Accepted, priority: str, latency: float
 ) -> None:
-    # The server has the message: from here on, a retry would send it twice.
-    # Keep trying to write the ledger for a while; if Redis stays away, the
-    # message is still acknowledged (the email was delivered) and the gap is logged.
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            store.mark_sent(email_id, attempt, accepted.refused, priority, latency)
-            return
-        except redis.RedisError as exc:
-            if time.monotonic() > deadline:
-                log_event(
-                    logger, "email.sent_unrecorded", logging.ERROR, id=email_id, reason=type(exc).__name__
-                )
-                return
-            time.sleep(0.5)
+    # The server has the message. If Redis stays away, the message is still
+    # acknowledged (the email was delivered) and the gap is logged; the
+    # ledger's "DATA began" mark keeps any later message from sending it again.
+    try:
+        _persist(lambda: store.mark_sent(email_id, attempt, accepted.refused, priority, latency))
+    except redis.RedisError as exc:
+        log_event(logger, "email.sent_unrecorded", logging.ERROR, id=email_id, reason=type(exc).__name__)
 
 
 @dataclass
@@ -397,6 +408,7 @@ async def _send(
     recipients: list[str],
     timeout: float,
     bulk: bool = False,
+    before_data: Callable[[], None] | None = None,
 ) -> Accepted:
     """Build the MIME message and hand it to the SMTP server (on the sender loop)."""
     try:
@@ -405,7 +417,7 @@ async def _send(
         raise PermanentDeliveryError(
             f"message cannot be built: {type(exc).__name__}", None, "bad_message"
         ) from exc
-    return await deliver(message, recipients, timeout, bulk)
+    return await deliver(message, recipients, timeout, bulk, before_data)
 
 
 def _budget(settings: Settings) -> float:
@@ -418,10 +430,19 @@ def _budget(settings: Settings) -> float:
 def _record_failure(store: StatusStore, job: _Attempting, exc: DeliveryError, **extra: Any) -> None:
     details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
     attempt = job.attempt("failed", **details)
-    store.mark_failed(job.email_id, attempt, job.priority)
+    _persist(lambda: store.mark_failed(job.email_id, attempt, job.priority))
     log_event(logger, "email.failed", logging.WARNING, id=job.email_id, status="failed", attempt=job.number,
               smtp_code=exc.code, error_class=exc.error_class, duration_ms=attempt["duration_ms"],
               worker=job.worker, **extra)  # fmt: skip
+
+
+def _record_lost_in_data(store: StatusStore, email_id: str, number: int, worker: str) -> None:
+    # Its sender stopped (killed, or Redis gone right after the 250) once DATA
+    # had begun: the server may have the message, so a person decides.
+    error = f"outcome unknown: the sender of attempt {number} stopped after DATA began"
+    store.mark_failed(email_id, event("failed", error, "outcome_unknown", worker))
+    log_event(logger, "email.failed", logging.WARNING, id=email_id, status="failed", attempt=number,
+              error_class="outcome_unknown", worker=worker)  # fmt: skip
 
 
 def _record_internal(store: StatusStore, job: _Attempting, exc: BaseException) -> None:
@@ -439,7 +460,7 @@ def _record_retry(
     delay = retry_delay(job.number, settings.email_retry_backoff, settings.email_retry_backoff_max)
     next_at = iso(datetime.now(UTC) + timedelta(seconds=delay))
     attempt = job.attempt("retry", retry_in=round(delay, 3), **details)
-    store.mark_retrying(job.email_id, attempt, next_at, job.priority)
+    _persist(lambda: store.mark_retrying(job.email_id, attempt, next_at, job.priority))
     log_event(logger, "email.retrying", id=job.email_id, status="retrying", attempt=job.number,
               smtp_code=exc.code, error_class=exc.error_class, duration_ms=attempt["duration_ms"],
               retry_in=round(delay, 3), worker=job.worker)  # fmt: skip
@@ -471,6 +492,12 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
         )
     except redis.RedisError as exc:
         raise Reject(exc, requeue=True) from exc
+    if status == "unknown":
+        try:
+            _record_lost_in_data(store, email_id, number, worker)
+        except redis.RedisError as exc:
+            raise Reject(exc, requeue=True) from exc
+        return {"id": email_id, "status": "failed", "attempt": number}
     if status == "leased":
         # Someone else is sending it right now. Look again once their lease
         # is over: by then it is sent, or their sender is gone.
@@ -487,9 +514,9 @@ def send_email(self: EmailTask, email_id: str) -> dict[str, Any]:
     deadline = job.t0 + _budget(settings)
     try:
         request, body, recipients, held = _prepare(payload, settings)
-        accepted = run_in_worker_loop(
-            _send(email_id, request, body, recipients, max(0.5, deadline - time.monotonic()))
-        )
+        mark = functools.partial(store.mark_data_started, email_id, number)
+        timeout = max(0.5, deadline - time.monotonic())
+        accepted = run_in_worker_loop(_send(email_id, request, body, recipients, timeout, before_data=mark))
     except TransientDeliveryError as exc:
         if number > settings.email_max_retries:
             _record_failure(store, job, exc, reason="retries exhausted")
@@ -597,6 +624,14 @@ def _send_batch(self: BatchTask, email_ids: list[str], settings: Settings) -> di
         except redis.RedisError as exc:
             redis_down = exc
             break
+        if status == "unknown":
+            try:
+                _record_lost_in_data(store, email_id, number, worker)
+            except redis.RedisError as exc:
+                redis_down = exc
+                break
+            counts["failed"] += 1
+            continue
         if status == "leased":
             later.append((email_id, max(1.0, number / 1000), queue))
             counts["deferred"] += 1
@@ -617,7 +652,8 @@ def _send_batch(self: BatchTask, email_ids: list[str], settings: Settings) -> di
             counts["failed"] += 1
             continue
         timeout = max(0.5, deadline - time.monotonic())
-        flying[submit(_send(email_id, request, body, recipients, timeout, bulk=True))] = (job, held)
+        mark = functools.partial(store.mark_data_started, email_id, number)
+        flying[submit(_send(email_id, request, body, recipients, timeout, True, mark))] = (job, held)
     for future in concurrent.futures.as_completed(flying):
         job, held = flying[future]
         try:
@@ -635,6 +671,8 @@ def _send_batch(self: BatchTask, email_ids: list[str], settings: Settings) -> di
                 _record_failure(store, job, exc)
                 counts["failed"] += 1
                 continue
+            except redis.RedisError:
+                raise  # the ledger mark before DATA failed: nothing was sent (handled below)
             except Exception as exc:
                 logger.exception("email.internal_error id=%s", job.email_id)
                 _record_internal(store, job, exc)
