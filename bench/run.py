@@ -126,53 +126,43 @@ def _scenarios(
     return results
 
 
+def _drain_rows(key: str, label: str, runs: dict[str, DrainResult], digits: int = 1) -> list[Row]:
+    """A drain's two rows: LABEL's rate from worker start, and the steady rate of the same run."""
+    return [
+        Row(label, runs["baseline"].rate, runs["ours"].rate, digits=digits,
+            cpu=cpu_cell({s: r.cpu for s, r in runs.items()})),
+        Row(f"({key}) same run, steady rate: 1st → last delivery", runs["baseline"].steady_rate,
+            runs["ours"].steady_rate, digits=digits, cpu="(same run)"),
+    ]  # fmt: skip
+
+
 def _rows(results: dict[str, dict[str, Any]], sizes: Sizes) -> list[Row]:
     rows: list[Row] = []
+    slow = f"{SLOW_REPLY_DELAY * 1000:.0f} ms per SMTP reply: emails/s, worker start → last delivery"
     if "a" in results:
-        a: dict[str, DrainResult] = results["a"]
-        cpu = cpu_cell({s: r.cpu for s, r in a.items()})
-        n = sizes.loopback
-        rows += [
-            Row(f"(a) loopback smtp-sink: emails/s, worker start → {n}th delivery", a["baseline"].rate,
-                a["ours"].rate, cpu=cpu),
-            Row("(a) same run, steady rate: 1st → last delivery", a["baseline"].steady_rate,
-                a["ours"].steady_rate, cpu="(same run)"),
-        ]  # fmt: skip
+        label = f"(a) loopback smtp-sink: emails/s, worker start → {sizes.loopback}th delivery"
+        rows += _drain_rows("a", label, results["a"])
     if "b" in results:
-        b: dict[str, DrainResult] = results["b"]
-        label = f"(b) {SLOW_REPLY_DELAY * 1000:.0f} ms per SMTP reply: emails/s, worker start → last delivery"
-        rows += [
-            Row(f"{label} (N={sizes.slow_baseline} baseline, {sizes.slow_ours} ours)", b["baseline"].rate,
-                b["ours"].rate, digits=2, cpu=cpu_cell({s: r.cpu for s, r in b.items()})),
-            Row("(b) same run, steady rate: 1st → last delivery", b["baseline"].steady_rate,
-                b["ours"].steady_rate, digits=2, cpu="(same run)"),
-        ]  # fmt: skip
+        label = f"(b) {slow} (N={sizes.slow_baseline} baseline, {sizes.slow_ours} ours)"
+        rows += _drain_rows("b", label, results["b"], digits=2)
     if "c" in results:
         c: dict[str, DrainResult] = results["c"]
         n = sizes.bulk
         calls = -(-n // BULK_CHUNK)
-        rows += [
+        rows.append(
             Row(f"(c) bulk, {n} recipients: enqueue, recipients/s (ours: queue_bulk, {calls} call(s); "
                 "baseline: one .delay() each)", c["baseline"].enqueue_rate, c["ours"].enqueue_rate,
-                cpu="(bench process)"),
-            Row(f"(c) same run: drain, emails/s, worker start → {n}th delivery", c["baseline"].rate,
-                c["ours"].rate, cpu=cpu_cell({s: r.cpu for s, r in c.items()})),
-            Row("(c) same run, steady rate: 1st → last delivery", c["baseline"].steady_rate,
-                c["ours"].steady_rate, cpu="(same run)"),
-        ]  # fmt: skip
+                cpu="(bench process)")
+        )  # fmt: skip
+        rows += _drain_rows("c", f"(c) same run: drain, emails/s, worker start → {n}th delivery", c)
     else:
         rows.append(Row("(c) bulk send", note="not run (--scenarios)"))
     if "g" in results:
-        g: dict[str, DrainResult] = results["g"]
-        slow = f"{SLOW_REPLY_DELAY * 1000:.0f} ms"
-        label = f"(g) bulk, {slow} per SMTP reply: emails/s, worker start → last delivery"
-        rows += [
-            Row(f"{label} (baseline: N={sizes.slow_baseline}, one .delay() each; ours: "
-                f"{sizes.bulk_slow} recipients, queue_bulk)", g["baseline"].rate, g["ours"].rate, digits=2,
-                cpu=cpu_cell({s: r.cpu for s, r in g.items()})),
-            Row("(g) same run, steady rate: 1st → last delivery", g["baseline"].steady_rate,
-                g["ours"].steady_rate, digits=2, cpu="(same run)"),
-        ]  # fmt: skip
+        label = (
+            f"(g) bulk, {slow} (baseline: N={sizes.slow_baseline}, one .delay() each; ours: "
+            f"{sizes.bulk_slow} recipients, queue_bulk)"
+        )
+        rows += _drain_rows("g", label, results["g"], digits=2)
     if "d" in results:
         d: LatencyResult = results["d"]["ours"]
         label = (
@@ -202,6 +192,7 @@ def _rows(results: dict[str, dict[str, Any]], sizes: Sizes) -> list[Row]:
     else:
         rows.append(Row("(e) POST /emails", note="not run (--scenarios)"))
     if "a" in results:
+        a: dict[str, DrainResult] = results["a"]
         n = sizes.loopback
         rows += [
             Row(f"(f) Redis bytes per queued email, {n} queued, no worker (lower is better)",

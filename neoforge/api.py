@@ -23,8 +23,8 @@ from neoforge.errors import ConfigurationError, EmailNotFound, InvalidEmail, Que
 from neoforge.logs import configure_logging, log_event
 from neoforge.message import BulkRequest, EmailRequest
 from neoforge.metrics import render as render_metrics
-from neoforge.ratelimit import RateLimited, charge, charge_async
-from neoforge.redis_client import close_all, close_async, get_async_redis, get_redis, safe_url
+from neoforge.ratelimit import RateLimited, charge
+from neoforge.redis_client import close_all, get_redis, safe_url
 from neoforge.schemas import (
     BatchQueued,
     BatchSummary,
@@ -80,28 +80,18 @@ async def require_key(
     return given.decode()
 
 
-def _limits() -> dict[str, int]:
+def _charge(key: str, requests: int, recipients: int) -> None:
     settings = get_settings()
-    return {
+    limits = {
         "max_requests": settings.api_rate_limit_requests,
         "max_recipients": settings.api_rate_limit_recipients,
     }
+    charge(get_redis(settings.redis_url), key, requests=requests, recipients=recipients, **limits)
 
 
-async def _charge(key: str, requests: int, recipients: int) -> None:
-    client = get_async_redis(get_settings().redis_url)
-    await charge_async(client, key, requests=requests, recipients=recipients, **_limits())
-
-
-def _charge_now(key: str, requests: int, recipients: int) -> None:
-    """``_charge`` from a thread of the pool, on the blocking client."""
-    client = get_redis(get_settings().redis_url)
-    charge(client, key, requests=requests, recipients=recipients, **_limits())
-
-
-async def limit_requests(key: Annotated[str, Depends(require_key)]) -> str:
+def limit_requests(key: Annotated[str, Depends(require_key)]) -> str:
     """Charge one request to the key's per-minute allowance (429 past it)."""
-    await _charge(key, requests=1, recipients=0)
+    _charge(key, requests=1, recipients=0)
     return key
 
 
@@ -131,7 +121,7 @@ async def queue_email(request: EmailRequest, key: Authenticated) -> Queued:
 def _queue_one(key: str, request: EmailRequest) -> Queued:
     from tasks import send_email
 
-    _charge_now(key, requests=1, recipients=len(request.recipients()))
+    _charge(key, requests=1, recipients=len(request.recipients()))
     email_id, queued_as = send_email.queue_request(request)
     if queued_as is None:  # an idempotency key seen before: that email's id and status
         record = get_store().get(email_id)
@@ -148,8 +138,12 @@ def _queue_one(key: str, request: EmailRequest) -> Queued:
 )
 async def queue_bulk_emails(body: BulkRequest, key: Authenticated) -> BatchQueued:
     """Up to 10,000 recipients, each with its own context; each becomes an email with its own status."""
-    await _charge(key, requests=1, recipients=len(body.recipients))
-    batch_id, ids = await run_in_threadpool(queue_bulk, body)
+    return await run_in_threadpool(_queue_many, key, body)
+
+
+def _queue_many(key: str, body: BulkRequest) -> BatchQueued:
+    _charge(key, requests=1, recipients=len(body.recipients))
+    batch_id, ids = queue_bulk(body)
     return BatchQueued(batch_id=batch_id, ids=ids)
 
 
@@ -396,7 +390,6 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
     close_broker_connections()
     close_all()
-    await close_async()
 
 
 def create_app() -> FastAPI:

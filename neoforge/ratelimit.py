@@ -7,12 +7,11 @@ import time
 import weakref
 
 import redis
-import redis.asyncio
-from redis.commands.core import AsyncScript, Script
+from redis.commands.core import Script
 
 from neoforge.store import PREFIX
 
-__all__ = ["RateLimited", "charge", "charge_async"]
+__all__ = ["RateLimited", "charge"]
 
 
 class RateLimited(Exception):
@@ -33,40 +32,22 @@ return {requests, recipients}
 """
 
 
-_scripts: weakref.WeakKeyDictionary[redis.asyncio.Redis, AsyncScript] = weakref.WeakKeyDictionary()
-_sync_scripts: weakref.WeakKeyDictionary[redis.Redis, Script] = weakref.WeakKeyDictionary()
-
-
-def _counters(key: str) -> tuple[list[str], int]:
-    now = time.time()
-    digest = hashlib.sha256(key.encode()).hexdigest()[:32]  # never the key itself in Redis
-    base = f"{PREFIX}rate:{digest}:{int(now // 60)}"
-    return [f"{base}:requests", f"{base}:recipients"], max(1, 60 - int(now % 60))
-
-
-def _judge(used: list[int], retry_after: int, max_requests: int, max_recipients: int) -> None:
-    if int(used[0]) > max_requests:
-        raise RateLimited("requests", retry_after)
-    if int(used[1]) > max_recipients:
-        raise RateLimited("recipients", retry_after)
+_scripts: weakref.WeakKeyDictionary[redis.Redis, Script] = weakref.WeakKeyDictionary()
 
 
 def charge(client: redis.Redis, key: str, *, requests: int, recipients: int,
            max_requests: int, max_recipients: int) -> None:  # fmt: skip
     """Count REQUESTS and RECIPIENTS against KEY's current minute; raise RateLimited past the limits."""
-    keys, retry_after = _counters(key)
-    script = _sync_scripts.get(client)
-    if script is None:
-        script = _sync_scripts[client] = client.register_script(_CHARGE)
-    _judge(script(keys=keys, args=[requests, recipients]), retry_after, max_requests, max_recipients)
-
-
-async def charge_async(client: redis.asyncio.Redis, key: str, *, requests: int, recipients: int,
-                       max_requests: int, max_recipients: int) -> None:  # fmt: skip
-    """``charge`` on an asyncio client: the API's event loop never waits on Redis."""
-    keys, retry_after = _counters(key)
+    now = time.time()
+    retry_after = max(1, 60 - int(now % 60))
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]  # never the key itself in Redis
+    base = f"{PREFIX}rate:{digest}:{int(now // 60)}"
     script = _scripts.get(client)
     if script is None:
         script = _scripts[client] = client.register_script(_CHARGE)
-    used = await script(keys=keys, args=[requests, recipients])
-    _judge(used, retry_after, max_requests, max_recipients)
+    used_requests, used_recipients = script(keys=[f"{base}:requests", f"{base}:recipients"],
+                                            args=[requests, recipients])  # fmt: skip
+    if int(used_requests) > max_requests:
+        raise RateLimited("requests", retry_after)
+    if int(used_recipients) > max_recipients:
+        raise RateLimited("recipients", retry_after)

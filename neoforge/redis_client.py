@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
-import weakref
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-import redis.asyncio
 
 from neoforge.settings import get_settings
 
-__all__ = ["close_async", "get_async_redis", "get_redis", "safe_url"]
+__all__ = ["get_redis", "safe_url"]
 
 _lock = threading.Lock()
 _clients: dict[tuple[int, str], redis.Redis] = {}
@@ -45,27 +42,6 @@ def _options(url: str) -> dict[str, Any]:
         ca_file = get_settings().redis_tls_ca_file
         options |= {"ssl_cert_reqs": "required", "ssl_ca_certs": str(ca_file) if ca_file else None}
     return options
-
-
-# asyncio clients belong to the event loop they first connect on.
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, redis.asyncio.Redis]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def get_async_redis(url: str) -> redis.asyncio.Redis:
-    """An asyncio client for URL on the running event loop (the API's requests use it)."""
-    per_loop = _async_clients.setdefault(asyncio.get_running_loop(), {})
-    client = per_loop.get(url)
-    if client is None:
-        client = per_loop[url] = redis.asyncio.Redis.from_url(url, **_options(url))
-    return client
-
-
-async def close_async() -> None:
-    """Close the asyncio clients of the running event loop (at the API's shutdown)."""
-    for client in _async_clients.pop(asyncio.get_running_loop(), {}).values():
-        await client.aclose()
 
 
 def close_all() -> None:

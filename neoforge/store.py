@@ -412,11 +412,6 @@ class StatusStore:
         """Attempt ATTEMPT is about to send DATA: if it is interrupted, never send the email again."""
         self.client.hset(email_key(email_id), "data_attempt", attempt)
 
-    def release_lease(self, email_id: str, lease: str) -> None:
-        """Give up the lease if we still hold it."""
-        if self.client.get(lease_key(email_id)) == lease:
-            self.client.delete(lease_key(email_id))
-
     def mark_retrying(self, email_id: str, attempt: Attempt, next_attempt_at: str, priority: str) -> None:
         """The attempt failed transiently; another is scheduled."""
         with self.client.pipeline(transaction=True) as pipe:

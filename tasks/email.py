@@ -62,6 +62,11 @@ logger = logging.getLogger(__name__)
 _PUBLISH_ERRORS = (OperationalError, redis.RedisError, OSError)
 
 
+def _publish_failed(exc: BaseException) -> QueueUnavailable:
+    """The QueueUnavailable for a failed publish (kombu's OperationalError carries only text)."""
+    return unavailable(exc if isinstance(exc, redis.RedisError | OSError) else OSError(str(exc)))
+
+
 class EmailTask(Task):  # type: ignore[misc]
     """A task whose ``apply_async`` queues a validated, recorded email under a new id."""
 
@@ -96,9 +101,7 @@ class EmailTask(Task):  # type: ignore[misc]
         try:
             result = super().apply_async((email_id,), None, **options)
         except _PUBLISH_ERRORS as exc:
-            raise unavailable(
-                exc if isinstance(exc, redis.RedisError | OSError) else OSError(str(exc))
-            ) from exc
+            raise _publish_failed(exc) from exc
         if not first:
             # If this fails the message is out anyway; the recovery sweep merely looks later.
             with contextlib.suppress(redis.RedisError):
@@ -192,9 +195,7 @@ class EmailTask(Task):  # type: ignore[misc]
                         (email_id,), None, task_id=email_id, queue=queue, **{**options, "producer": producer}
                     )
         except _PUBLISH_ERRORS as exc:
-            raise unavailable(
-                exc if isinstance(exc, redis.RedisError | OSError) else OSError(str(exc))
-            ) from exc
+            raise _publish_failed(exc) from exc
         if len(captured) != 1:
             raise RuntimeError(f"expected one captured message, got {len(captured)}")
         return captured[0]
@@ -225,10 +226,8 @@ class EmailTask(Task):  # type: ignore[misc]
                     pipe.execute()
                 _publish_batches(to_publish, get_settings().email_bulk_batch_size)
             store.create_batch(batch_id, ids, requests[0].template or "")
-        except (*_PUBLISH_ERRORS,) as exc:
-            raise unavailable(
-                exc if isinstance(exc, redis.RedisError | OSError) else OSError(str(exc))
-            ) from exc
+        except _PUBLISH_ERRORS as exc:
+            raise _publish_failed(exc) from exc
         log_event(logger, "batch.queued", batch=batch_id, emails=len(ids))
         return ids
 
