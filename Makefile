@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 LOCK := requirements.lock
 DEV_LOCK := requirements-dev.lock
 # What lint, typecheck and pytest install first; test-latest swaps in install-latest.
-INSTALL ?= install
+VENV_SETUP ?= install
 LATEST_VENV ?= .venv-latest
 LOCK_VENV := .venv-lock
 UV_VERSION := 0.13.9
@@ -38,14 +38,14 @@ install-latest:
 dev: install  ## Redis, mail catcher, worker, Flower and API on this machine; Ctrl-C stops all
 	$(VENV)/bin/neoforge dev
 
-lint: $(INSTALL)
+lint: $(VENV_SETUP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: $(INSTALL)
+typecheck: $(VENV_SETUP)
 	$(VENV)/bin/mypy
 
-pytest: $(INSTALL)
+pytest: $(VENV_SETUP)
 	./scripts/system-deps.sh
 	$(VENV)/bin/pytest
 
@@ -53,7 +53,7 @@ test: lint typecheck pytest  ## everything CI runs
 
 # NEOFORGE_LATEST=1 tells tests/test_versions.py not to hold the versions to the lock.
 test-latest:  ## the same checks on the newest releases inside the bounds, in .venv-latest
-	NEOFORGE_LATEST=1 $(MAKE) lint typecheck pytest VENV=$(LATEST_VENV) INSTALL=install-latest
+	NEOFORGE_LATEST=1 $(MAKE) lint typecheck pytest VENV=$(LATEST_VENV) VENV_SETUP=install-latest
 
 $(LOCK_VENV)/bin/uv:
 	python3 -m venv $(LOCK_VENV)
@@ -64,11 +64,11 @@ $(LOCK_VENV)/bin/uv:
 # lock-upgrade moves every pin to the newest release inside the bounds.
 # The dev set is resolved first and constrains the production set, so both pin the same versions.
 lock: $(LOCK_VENV)/bin/uv
-	$(COMPILE) $(UPGRADE) --extra dev -o $(DEV_LOCK)
-	$(COMPILE) $(UPGRADE) -c $(DEV_LOCK) -o $(LOCK)
+	$(COMPILE) $(LOCK_UPGRADE) --extra dev -o $(DEV_LOCK)
+	$(COMPILE) $(LOCK_UPGRADE) -c $(DEV_LOCK) -o $(LOCK)
 
 lock-upgrade:
-	$(MAKE) lock UPGRADE=--upgrade
+	$(MAKE) lock LOCK_UPGRADE=--upgrade
 
 bench: install  ## the benchmark, quick mode (a few minutes): table on stdout, JSON in bench/results/
 	$(PY) -m bench.run --quick
