@@ -20,8 +20,6 @@ except ConfigurationError as _exc:
     raise SystemExit(f"neoforge: {_exc}") from None
 
 broker_url = _settings.redis_url
-# kombu's Redis transport, reusing one client object per channel (see the module).
-broker_transport = "neoforge.transport:Transport"
 # "class+url": Celery's Redis backend, without a subscription per publish.
 result_backend = f"tasks.results:QuietRedisBackend+{_settings.redis_url}"
 
@@ -31,7 +29,10 @@ accept_content = ["json"]
 result_accept_content = ["json"]
 
 # Transactional mail (resets, codes) and bulk mail wait in separate queues.
-task_queues = [Queue("transactional"), Queue("bulk")]
+# A worker also consumes Celery's default queue, "celery": a client that
+# knows only the task's name (send_task from another service, with Celery's
+# defaults) publishes there, and it must never be a silent sink.
+task_queues = [Queue("transactional"), Queue("bulk"), Queue("celery")]
 task_default_queue = "transactional"
 
 # The threads pool: sending an email is mostly waiting on the SMTP server, so
@@ -44,9 +45,10 @@ worker_concurrency = _settings.worker_concurrency or (32 if worker_pool == "thre
 
 # Status visible to Flower and the result backend. No STARTED state in the
 # backend (a read and a write per email): our record says "sending", and
-# Flower still sees task-started events.
+# Flower still sees task-started events. No extended results: they would keep
+# a message's arguments (a by-name client's addresses and body) in Redis.
 task_track_started = False
-result_extended = True
+result_extended = False
 result_expires = _settings.email_status_ttl
 # Task events (three Redis publishes per email, about 15% of a worker's
 # throughput, measured with bench/) only while someone watches: Flower turns

@@ -1,8 +1,9 @@
-"""NeoForge Mail: background email delivery for FastAPI, on Celery and Redis."""
+"""NeoForge Mail: background email delivery for FastAPI, on Celery and Redis.
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+This package is the delivery core and the app layer; the Celery glue is the
+``tasks`` package. Queue from app code with ``tasks.send_email.delay(...)``
+or ``neoforge.service.EmailService``; both publish through Celery.
+"""
 
 from neoforge.errors import (
     ConfigurationError,
@@ -17,16 +18,12 @@ from neoforge.errors import (
 from neoforge.message import Attachment, EmailRequest
 from neoforge.settings import Settings, get_settings
 
-if TYPE_CHECKING:
-    from neoforge.service import EmailService
-
 __all__ = [
     "Attachment",
     "ConfigurationError",
     "DeliveryError",
     "EmailNotFound",
     "EmailRequest",
-    "EmailService",
     "InvalidEmail",
     "NeoforgeError",
     "PermanentDeliveryError",
@@ -35,13 +32,3 @@ __all__ = [
     "TransientDeliveryError",
     "get_settings",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # EmailService imports the Celery task, which imports this package:
-    # loading it lazily lets `tasks` and `neoforge` import each other safely.
-    if name == "EmailService":
-        from neoforge.service import EmailService
-
-        return EmailService
-    raise AttributeError(name)

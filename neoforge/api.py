@@ -24,7 +24,9 @@ from neoforge.logs import configure_logging, log_event
 from neoforge.message import BulkRequest, EmailRequest
 from neoforge.metrics import render as render_metrics
 from neoforge.ratelimit import RateLimited, charge
-from neoforge.redis_client import close_all, get_redis, safe_url
+from neoforge.redis_client import safe_url
+from neoforge.runtime import close as close_runtime
+from neoforge.runtime import current
 from neoforge.schemas import (
     BatchQueued,
     BatchSummary,
@@ -39,7 +41,8 @@ from neoforge.schemas import (
     RequeueFilter,
 )
 from neoforge.settings import get_settings
-from neoforge.store import get_store
+from neoforge.store.batches import batch_summary as read_batch
+from tasks import send_email
 
 __all__ = ["create_app"]
 
@@ -86,7 +89,7 @@ def _charge(key: str, requests: int, recipients: int) -> None:
         "max_requests": settings.api_rate_limit_requests,
         "max_recipients": settings.api_rate_limit_recipients,
     }
-    charge(get_redis(settings.redis_url), key, requests=requests, recipients=recipients, **limits)
+    charge(current().store, key, requests=requests, recipients=recipients, **limits)
 
 
 def limit_requests(key: Annotated[str, Depends(require_key)]) -> str:
@@ -119,12 +122,11 @@ async def queue_email(request: EmailRequest, key: Authenticated) -> Queued:
 
 
 def _queue_one(key: str, request: EmailRequest) -> Queued:
-    from tasks import send_email
-
     _charge(key, requests=1, recipients=len(request.recipients()))
-    email_id, queued_as = send_email.queue_request(request)
+    result, queued_as = send_email.queue_request(request)
+    email_id = str(result.id)
     if queued_as is None:  # an idempotency key seen before: that email's id and status
-        record = get_store().get(email_id)
+        record = current().store.get(email_id)
         queued_as = record["status"] if record else "queued"
     return Queued(id=email_id, status=queued_as)
 
@@ -155,7 +157,7 @@ def _queue_many(key: str, body: BulkRequest) -> BatchQueued:
 )
 def email_status(email_id: str) -> EmailStatus:
     """The email's status, attempts, last error, timestamps and attempt timeline."""
-    record = get_store().get(email_id)
+    record = current().store.get(email_id)
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no email with this id")
     return _status(record)
@@ -216,7 +218,7 @@ def requeue_one(email_id: str) -> Queued:
 @emails.post("/purge", response_model=Purged, summary="Erase every email to an address")
 def purge_address(body: PurgeRequest) -> Purged:
     """Delete the stored content of every email to this address (unsent ones are cancelled)."""
-    store = get_store()
+    store = current().store
     ids = store.emails_to(body.address)
     purged = sum(1 for email_id in ids if store.purge(email_id) is not None)
     store.forget_recipient(body.address)
@@ -232,7 +234,7 @@ def purge_address(body: PurgeRequest) -> Purged:
 )
 def purge_email(email_id: str) -> EmailStatus:
     """Delete the email's content and refused addresses; an unsent email is cancelled. The status stays."""
-    store = get_store()
+    store = current().store
     status_now = store.purge(email_id)
     record = store.get(email_id) if status_now else None
     if record is None:
@@ -250,7 +252,7 @@ batches = APIRouter(
              responses={404: {"model": Problem, "description": "No such batch."}})  # fmt: skip
 def batch_summary(batch_id: str) -> BatchSummary:
     """How many of the batch's emails are queued, sent, failed, ..."""
-    summary = get_store().batch_summary(batch_id)
+    summary = read_batch(current().redis, batch_id)
     if summary is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no batch with this id")
     return BatchSummary.model_validate(summary)
@@ -258,7 +260,7 @@ def batch_summary(batch_id: str) -> BatchSummary:
 
 def metrics() -> Response:
     """Prometheus metrics: totals, latency histograms and true queue depth (no personal data)."""
-    body = render_metrics(get_redis(get_settings().redis_url))
+    body = render_metrics(current().redis)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
@@ -269,7 +271,7 @@ def _status(record: dict[str, Any]) -> EmailStatus:
 def health() -> JSONResponse:
     """200 when Redis answers, 503 when it does not."""
     try:
-        get_redis(get_settings().redis_url).ping()
+        current().redis.ping()
     except redis.RedisError as exc:
         body = Health(status="unavailable", redis=type(exc).__name__)
         return JSONResponse(body.model_dump(), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
@@ -307,7 +309,7 @@ def _startup_problem() -> str | None:
     except ConfigurationError as exc:
         return f"neoforge: {exc}"
     try:
-        get_redis(settings.redis_url).ping()
+        current().redis.ping()
     except redis.RedisError as exc:
         return f"neoforge: cannot reach Redis at {safe_url(settings.redis_url)}: {type(exc).__name__}"
     return None
@@ -386,10 +388,9 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     yield
     if embedded is not None:
         embedded.stop()
-    from tasks.app import close_broker_connections
-
-    close_broker_connections()
-    close_all()
+    # Celery's broker connections are idle sockets closed with the process;
+    # our own clients (and an embedded worker's SMTP pool) close here.
+    close_runtime()
 
 
 def create_app() -> FastAPI:

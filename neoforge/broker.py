@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from neoforge.store import email_key
+from neoforge.store.keys import email_key
 
 __all__ = ["UNACKED", "message_ids", "published_at"]
 

@@ -9,10 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import click
+import redis
 
-from neoforge.errors import ConfigurationError, InvalidEmail, QueueUnavailable
+from neoforge.deadletters import list_failed, requeue_all
+from neoforge.deadletters import requeue as requeue_one
+from neoforge.devstack import DevStack
+from neoforge.errors import ConfigurationError, EmailNotFound, InvalidEmail, QueueUnavailable
+from neoforge.flower import run
 from neoforge.logs import configure_logging
+from neoforge.redis_client import unavailable
+from neoforge.runtime import current
 from neoforge.settings import Settings, get_settings
+from tasks import send_email
 
 __all__ = ["main"]
 
@@ -46,7 +54,6 @@ def dev(
     data_dir: Path, api_port: int, flower_port: int, smtp_port: int, redis_port: int, concurrency: int
 ) -> None:
     """Run Redis, a mail catcher, a worker, Flower and the API until Ctrl-C."""
-    from neoforge.devstack import DevStack
 
     configure_logging("INFO", "text")
     # aiosmtpd narrates every connection at INFO; the catcher logs each message itself.
@@ -97,8 +104,6 @@ def send(
         fields["text"] = text
     if html is not None:
         fields["html"] = html
-    from tasks import send_email
-
     try:
         result = send_email.apply_async(kwargs=fields)
     except InvalidEmail as exc:
@@ -113,12 +118,8 @@ def send(
 def status(email_id: str) -> None:
     """Print an email's status record as JSON."""
     _settings()
-    import redis
-
-    from neoforge.store import get_store, unavailable
-
     try:
-        record = get_store().get(email_id)
+        record = current().store.get(email_id)
     except redis.RedisError as exc:
         raise click.ClickException(str(unavailable(exc))) from None
     if record is None:
@@ -131,11 +132,6 @@ def status(email_id: str) -> None:
 def failed(limit: int) -> None:
     """List failed emails (dead letters), newest first: id, time, error class, last error."""
     _settings()
-    import redis
-
-    from neoforge.deadletters import list_failed
-    from neoforge.store import unavailable
-
     try:
         records, _ = list_failed(limit)
     except redis.RedisError as exc:
@@ -155,13 +151,6 @@ def failed(limit: int) -> None:
 def requeue(email_id: str | None, all_: bool, error_class: str | None) -> None:
     """Send failed emails again under the same id: one ID, or --all."""
     _settings()
-    import redis
-
-    from neoforge.deadletters import requeue as requeue_one
-    from neoforge.deadletters import requeue_all
-    from neoforge.errors import EmailNotFound
-    from neoforge.store import unavailable
-
     if bool(email_id) == all_:
         raise click.UsageError("give one email id, or --all")
     try:
@@ -184,7 +173,6 @@ def requeue(email_id: str | None, all_: bool, error_class: str | None) -> None:
 @click.pass_context
 def flower(ctx: click.Context, local_only: bool) -> None:
     """Run Flower for this app; refuses to start without FLOWER_BASIC_AUTH unless --local-only."""
-    from neoforge.flower import run
 
     sys.exit(run(local_only=local_only, extra_args=list(ctx.args)))
 

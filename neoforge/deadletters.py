@@ -1,4 +1,7 @@
-"""Dead letters: failed emails kept for a person to look at, and requeued one by one or all at once."""
+"""Dead letters: failed emails kept for a person to look at, and requeued one by one or all at once.
+
+App layer: a requeue publishes through the ``send_email`` task.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ from typing import Any
 
 from neoforge.errors import EmailNotFound, QueueUnavailable
 from neoforge.logs import log_event
-from neoforge.store import event, get_store
+from neoforge.runtime import current
+from neoforge.store import event
+from tasks import send_email
 
 __all__ = ["list_failed", "requeue", "requeue_all"]
 
@@ -16,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 def list_failed(limit: int = 50, before: float | None = None) -> tuple[list[dict[str, Any]], float | None]:
     """Failed emails, newest first, and the cursor for the next page (None at the end)."""
-    store = get_store()
+    store = current().store
     rows = store.failed(limit, before)
     records = []
     for email_id, _ in rows:
@@ -32,9 +37,7 @@ def requeue(email_id: str) -> bool:
 
     Raises EmailNotFound for an unknown id.
     """
-    from tasks import send_email
-
-    store = get_store()
+    store = current().store
     record = store.get(email_id)
     if record is None:
         raise EmailNotFound(email_id)
@@ -42,7 +45,7 @@ def requeue(email_id: str) -> bool:
         return False
     try:
         # Already in the pending index (store.requeue): a lost publish is recovered.
-        send_email.apply_async((email_id,), queue=record.get("queue") or "transactional", first_publish=True)
+        send_email.publish(email_id, queue=record.get("queue") or None, first=True)
     except QueueUnavailable:
         # Back to the dead letters, with the reason in its history.
         store.mark_failed(email_id, event("failed", "requeue could not publish", "requeue"))
@@ -53,7 +56,7 @@ def requeue(email_id: str) -> bool:
 
 def requeue_all(error_class: str | None = None, failed_before: float | None = None) -> int:
     """Requeue every failed email (optionally only ERROR_CLASS, or failed before an epoch time)."""
-    store = get_store()
+    store = current().store
     count = 0
     cursor = failed_before
     while True:

@@ -14,6 +14,8 @@ import threading
 from typing import Any
 
 from neoforge.logs import log_event
+from neoforge.runtime import close as close_runtime
+from tasks import app
 
 __all__ = ["EmbeddedWorker"]
 
@@ -28,8 +30,6 @@ class EmbeddedWorker:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        from tasks import app
-
         self._worker = app.WorkController(
             app=app,
             pool="solo",
@@ -48,8 +48,6 @@ class EmbeddedWorker:
         self._worker.stop(in_sighandler=False)
         if self._thread is not None:
             self._thread.join(30)
-        from neoforge.delivery import close_connections
-
-        close_connections()
+        close_runtime()
         self._worker = None
         log_event(logger, "worker.embedded_stopped")

@@ -1,18 +1,45 @@
-"""Everything that happens before a message reaches the broker: validation and the record."""
+"""How an email is queued: validated, then recorded, before its message is published through Celery.
+
+The Celery glue (tasks/email.py) publishes the message; everything else lives
+here: the checks, the record and its payload, and adopting an email that a
+client published straight to the broker by task name (``send_task``,
+``celery call``, Flower), whose message carries the fields themselves.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import jinja2
+import redis
 from pydantic import ValidationError
 
-from neoforge.errors import FieldError, InvalidEmail
+from neoforge.errors import FieldError, InvalidEmail, PermanentDeliveryError
+from neoforge.logs import log_event
 from neoforge.message import EmailRequest
-from neoforge.settings import get_settings
+from neoforge.redact import mask_addresses
+from neoforge.settings import Settings, get_settings
+from neoforge.store import StatusStore, event, iso
+from neoforge.store.batches import create_batch
 from neoforge.templates import render
 
-__all__ = ["check_renders", "validate"]
+__all__ = [
+    "adopt",
+    "check_renders",
+    "discard_quietly",
+    "due_time",
+    "invalid_error",
+    "record",
+    "record_bulk",
+    "record_expired",
+    "validate",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def validate(fields: dict[str, Any]) -> EmailRequest:
@@ -45,3 +72,142 @@ def check_renders(request: EmailRequest) -> None:
             raise InvalidEmail(
                 [FieldError(("context",), f"rendered body is larger than {limit} bytes", "too_large")]
             )
+
+
+def _fields(request: EmailRequest, queue: str, due: float | None) -> dict[str, str | int]:
+    """The status record's fields for a new email."""
+    fields: dict[str, str | int] = {
+        "created_ts": repr(time.time()),
+        "template": request.template or "",
+        "recipients": len(request.recipients()),
+        "queue": queue,
+        "priority": request.priority,
+    }
+    if request.expires_at is not None:
+        fields["expires_at"] = iso(request.expires_at)
+        fields["expires_ts"] = repr(request.expires_at.timestamp())
+    if due is not None:
+        fields["send_at"] = fields["next_attempt_at"] = iso_ts(due)
+    return fields
+
+
+def iso_ts(epoch: float) -> str:
+    """EPOCH seconds as an ISO 8601 UTC time."""
+    return iso(datetime.fromtimestamp(epoch, UTC))
+
+
+def due_time(request: EmailRequest, delay: float | None = None) -> float | None:
+    """When REQUEST is due, if later than now: its ``send_at``, or DELAY seconds from now."""
+    now = time.time()
+    if request.send_at is not None and request.send_at.timestamp() > now:
+        return request.send_at.timestamp()
+    if delay is not None and delay > 0:
+        return now + delay
+    return None
+
+
+def record(
+    store: StatusStore,
+    request: EmailRequest,
+    email_id: str,
+    queue: str,
+    settings: Settings,
+    *,
+    due: float | None = None,
+    carried: str = "",
+) -> tuple[str, str | None]:
+    """Record REQUEST under EMAIL_ID: (id, "queued" or "scheduled"), or (earlier id, None).
+
+    An EMAIL_ID already recorded, or an ``idempotency_key`` seen within its
+    window, records nothing and gives the earlier email's id. DUE (epoch
+    seconds) holds the email in Redis until then. CARRIED is what Celery must
+    get back when a held email is published (callbacks, chain), as JSON.
+    Raises redis.RedisError if Redis cannot be reached.
+    """
+    fields = _fields(request, queue, due)
+    if carried:
+        fields["celery"] = carried
+    idempotency = (
+        (request.idempotency_key, settings.email_idempotency_window) if request.idempotency_key else None
+    )
+    recorded, created = store.create(email_id, request.model_dump_json(), fields, idempotency=idempotency,
+                                     due=due, recipients=request.recipients())  # fmt: skip
+    if not created:
+        log_event(logger, "email.duplicate", id=recorded)
+        return recorded, None
+    status = "queued" if due is None else "scheduled"
+    log_event(logger, "email.queued", id=email_id, status=status, template=request.template, queue=queue,
+              scheduled=due is not None)  # fmt: skip
+    return email_id, status
+
+
+def record_bulk(
+    store: StatusStore, requests: Sequence[EmailRequest], ids: Sequence[str], batch_id: str
+) -> list[tuple[str, str]]:
+    """Record many checked emails, 500 to a Redis pipeline; return the (id, queue) pairs due now.
+
+    If Redis fails part-way, the emails already recorded are in the pending
+    index, so the recovery sweep still publishes them.
+    """
+    due_now: list[tuple[str, str]] = []
+    for start in range(0, len(ids), 500):
+        chunk = list(zip(ids[start : start + 500], requests[start : start + 500], strict=True))
+        with store.client.pipeline(transaction=False) as pipe:
+            for email_id, request in chunk:
+                due = due_time(request)
+                fields = _fields(request, request.priority, due)
+                fields["batch"] = batch_id
+                store.create(email_id, request.model_dump_json(), fields, due=due,
+                             recipients=request.recipients(), pipeline=pipe)  # fmt: skip
+                if due is None:
+                    due_now.append((email_id, request.priority))
+            pipe.execute()
+    create_batch(store.client, batch_id, list(ids), requests[0].template or "", store.status_ttl + 31 * 86400)
+    return due_now
+
+
+def invalid_error(exc: InvalidEmail) -> PermanentDeliveryError:
+    """The dead-letter error for fields that are not a valid email: names the fields, never values."""
+    detail = "; ".join(f"{'.'.join(map(str, e.loc)) or 'email'}: {mask_addresses(e.msg)}" for e in exc.errors)
+    return PermanentDeliveryError(f"invalid email: {detail}"[:1000], None, "invalid")
+
+
+def adopt(
+    store: StatusStore, email_id: str, fields: dict[str, Any], queue: str, settings: Settings, worker: str
+) -> PermanentDeliveryError | tuple[str, str | None]:
+    """Record an email a client published with its fields, under the message's id (once).
+
+    Returns what ``record`` returns, or, for fields that are not a valid
+    email, the error it was dead-lettered with (nothing is kept but the
+    error: no content, so no requeue). A redelivered message finds its record
+    and records nothing again.
+    """
+    try:
+        request = validate(fields)
+    except InvalidEmail as exc:
+        error = invalid_error(exc)
+        entry = event("failed", str(error), "invalid", worker)
+        priority = fields.get("priority")
+        recorded: dict[str, str | int] = {
+            "queue": queue,
+            "priority": priority if priority in ("transactional", "bulk") else "transactional",
+        }
+        if store.finish_new(email_id, "failed", recorded, entry):
+            log_event(logger, "email.failed", logging.WARNING, id=email_id, status="failed",
+                      error_class="invalid", worker=worker)  # fmt: skip
+        return error
+    return record(store, request, email_id, queue, settings, due=due_time(request))
+
+
+def record_expired(store: StatusStore, email_id: str, queue: str, worker: str) -> bool:
+    """Record an email whose message Celery expired before any worker ran it (if it has no record)."""
+    entry = event("expired", worker=worker)
+    return store.finish_new(email_id, "expired", {"queue": queue, "priority": "transactional"}, entry)
+
+
+def discard_quietly(store: StatusStore, email_id: str) -> None:
+    """Remove a record whose message could not be published (logged if even that fails)."""
+    try:
+        store.discard(email_id)
+    except redis.RedisError:
+        log_event(logger, "email.discard_failed", logging.WARNING, id=email_id)

@@ -21,21 +21,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from neoforge.broker import UNACKED, message_ids, published_at
-from neoforge.store import (
-    DURATION_BUCKETS,
-    FAILED_INDEX,
-    LATENCY,
-    LATENCY_BUCKETS,
-    METRICS,
-    PREFIX,
-    SCHEDULED,
-    SEND_DURATION,
-)
+from neoforge.store import DURATION_BUCKETS, LATENCY_BUCKETS
+from neoforge.store.keys import FAILED, LATENCY, METRICS, SCHEDULED, SEND_DURATION, WORKERS
 
 __all__ = ["QUEUES", "WORKERS", "heartbeat", "render"]
 
-QUEUES = ("transactional", "bulk")
-WORKERS = f"{PREFIX}workers"
+# Every queue a worker consumes by default: ours, and Celery's default queue,
+# where a client that knows only the task's name publishes.
+QUEUES = ("transactional", "bulk", "celery")
 _HEARTBEAT_TTL = 15.0
 
 
@@ -60,7 +53,7 @@ class _Collector(Collector):
                 pipe.lindex(queue, -1)
             pipe.hvals(UNACKED)
             pipe.zcard(SCHEDULED)
-            pipe.zcard(FAILED_INDEX)
+            pipe.zcard(FAILED)
             pipe.zcount(WORKERS, now - _HEARTBEAT_TTL, "+inf")
             replies = pipe.execute()
         counters, latency, duration = replies[0], replies[1], replies[2]
@@ -143,7 +136,7 @@ def _counters(values: dict[str, str]) -> Iterator[Metric]:
         if family is not None:
             family.add_metric(labels, float(value))
             seen.add((kind, *labels))
-    for priority in QUEUES:  # every series exists from the start, so rate() works at once
+    for priority in ("transactional", "bulk"):  # every series exists from the start, so rate() works at once
         for kind in ("queued", "sent", "expired"):
             if (kind, priority) not in seen:
                 families[kind].add_metric([priority], 0.0)

@@ -22,7 +22,8 @@ import redis
 
 from neoforge.broker import UNACKED, message_ids, published_at
 from neoforge.logs import log_event
-from neoforge.store import PENDING, SCHEDULED, TERMINAL, StatusStore, email_key, lease_key
+from neoforge.store import TERMINAL, StatusStore
+from neoforge.store.keys import PENDING, SCHEDULED, email_key, lease_key
 
 __all__ = ["sweep_lost"]
 
@@ -38,7 +39,7 @@ def _oldest_published(client: redis.Redis, queue: str) -> float:
     return published_at(client, ids[0]) or 0.0
 
 
-def sweep_lost(store: StatusStore, grace: float, publish: Callable[[str, str], None]) -> int:
+def sweep_lost(store: StatusStore, grace: float, publish: Callable[[str, str, str], None]) -> int:
     """Publish again every email lost for longer than GRACE seconds; return how many."""
     client = store.client
     candidates = [
@@ -50,7 +51,9 @@ def sweep_lost(store: StatusStore, grace: float, publish: Callable[[str, str], N
     oldest: dict[str, float] = {}
     recovered = 0
     for email_id in candidates:
-        status, queue, published = client.hmget(email_key(email_id), ["status", "queue", "published_ts"])
+        status, queue, published, carried = client.hmget(
+            email_key(email_id), ["status", "queue", "published_ts", "celery"]
+        )
         if status is None or status in TERMINAL:
             client.zrem(PENDING, email_id)
             continue
@@ -63,7 +66,7 @@ def sweep_lost(store: StatusStore, grace: float, publish: Callable[[str, str], N
             oldest[queue] = _oldest_published(client, queue)
         if published is not None and float(str(published)) >= oldest[queue]:
             continue  # still waiting its turn in the queue
-        publish(email_id, queue)
+        publish(email_id, queue, str(carried or ""))
         recovered += 1
         log_event(logger, "email.recovered", logging.WARNING, id=email_id, status=status)
     return recovered

@@ -1,36 +1,21 @@
-"""One Redis client per process and URL, created on first use (never at import)."""
+"""Redis clients for our own keys, with the timeouts and TLS checks every process uses."""
 
 from __future__ import annotations
 
-import os
-import threading
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from neoforge.errors import QueueUnavailable
 from neoforge.settings import get_settings
 
-__all__ = ["get_redis", "safe_url"]
-
-_lock = threading.Lock()
-_clients: dict[tuple[int, str], redis.Redis] = {}
+__all__ = ["connect", "safe_url", "unavailable"]
 
 
-def get_redis(url: str) -> redis.Redis:
-    """A client for URL, shared by the threads of this process; a forked child gets its own."""
-    key = (os.getpid(), url)
-    client = _clients.get(key)
-    if client is None:
-        with _lock:
-            client = _clients.get(key)
-            if client is None:
-                client = redis.Redis.from_url(url, **_options(url))
-                _clients[key] = client
-    return client
-
-
-def _options(url: str) -> dict[str, Any]:
+def connect(url: str, ca_file: Path | None = None) -> redis.Redis:
+    """A new client for URL, safe to share between threads (each command borrows a pooled connection)."""
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_connect_timeout": 5,
@@ -39,18 +24,8 @@ def _options(url: str) -> dict[str, Any]:
     }
     if url.startswith("rediss://"):
         # redis-py checks certificates for rediss:// by default; say so anyway.
-        ca_file = get_settings().redis_tls_ca_file
         options |= {"ssl_cert_reqs": "required", "ssl_ca_certs": str(ca_file) if ca_file else None}
-    return options
-
-
-def close_all() -> None:
-    """Close this process's clients (at shutdown)."""
-    with _lock:
-        for (pid, _), client in list(_clients.items()):
-            if pid == os.getpid():
-                client.close()
-        _clients.clear()
+    return redis.Redis.from_url(url, **options)
 
 
 def safe_url(url: str) -> str:
@@ -63,3 +38,10 @@ def safe_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def unavailable(exc: BaseException) -> QueueUnavailable:
+    """A QueueUnavailable naming the configured Redis URL (password hidden) and the error's type."""
+    return QueueUnavailable(
+        f"cannot reach Redis at {safe_url(get_settings().redis_url)}: {type(exc).__name__}"
+    )

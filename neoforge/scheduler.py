@@ -22,16 +22,14 @@ from neoforge.errors import QueueUnavailable
 from neoforge.logs import log_event
 from neoforge.metrics import heartbeat
 from neoforge.recovery import sweep_lost
-from neoforge.redis_client import get_redis
-from neoforge.settings import Settings, get_settings
-from neoforge.store import PREFIX, TERMINAL, get_store
+from neoforge.runtime import current
+from neoforge.settings import Settings
+from neoforge.store import TERMINAL
+from neoforge.store.keys import RECOVERY_LOCK, SCHEDULER_LOCK
 
 __all__ = ["Scheduler", "max_broker_delay"]
 
 logger = logging.getLogger(__name__)
-
-_LOCK = f"{PREFIX}scheduler:lock"
-_RECOVERY_LOCK = f"{PREFIX}recovery:lock"
 
 
 def max_broker_delay(settings: Settings) -> float:
@@ -40,9 +38,9 @@ def max_broker_delay(settings: Settings) -> float:
 
 
 class Scheduler:
-    """Publishes due emails; PUBLISH(email_id, queue) sends the message."""
+    """Publishes due emails; PUBLISH(email_id, queue, carried options as JSON) sends the message."""
 
-    def __init__(self, publish: Callable[[str, str], None], hostname: str = "") -> None:
+    def __init__(self, publish: Callable[[str, str, str], None], hostname: str = "") -> None:
         self.publish = publish
         self.hostname = hostname
         self.token = uuid.uuid4().hex
@@ -51,12 +49,11 @@ class Scheduler:
 
     def release_due(self) -> int:
         """Publish every due email, if no other scheduler is doing so; return how many."""
-        settings = get_settings()
-        client = get_redis(settings.redis_url)
-        hold_ms = int(max(5.0, settings.email_scheduler_interval * 5) * 1000)
-        if not client.set(_LOCK, self.token, nx=True, px=hold_ms):
+        rt = current()
+        client, store = rt.redis, rt.store
+        hold_ms = int(max(5.0, rt.settings.email_scheduler_interval * 5) * 1000)
+        if not client.set(SCHEDULER_LOCK, self.token, nx=True, px=hold_ms):
             return 0
-        store = get_store()
         released = 0
         try:
             for email_id in store.due(time.time()):
@@ -66,42 +63,42 @@ class Scheduler:
                     continue
                 # Publish first, then forget: a crash in between publishes it
                 # twice, and the delivery ledger makes the second a no-op.
-                self.publish(email_id, found[1] or "transactional")
+                self.publish(email_id, found[1], found[2])
                 store.unschedule(email_id)
                 released += 1
                 log_event(logger, "email.released", id=email_id)
         finally:
-            if client.get(_LOCK) == self.token:
-                client.delete(_LOCK)
+            if client.get(SCHEDULER_LOCK) == self.token:
+                client.delete(SCHEDULER_LOCK)
         return released
 
     def recover_lost(self) -> int:
         """Publish again emails whose message was lost (neoforge/recovery.py), one worker at a time."""
-        settings = get_settings()
-        client = get_redis(settings.redis_url)
-        visibility = settings.broker_visibility_timeout
+        rt = current()
+        client = rt.redis
+        visibility = rt.settings.broker_visibility_timeout
         # Kombu restores abandoned messages after the visibility timeout plus
         # one sweep: give it that chance first.
         grace = visibility + max(1, visibility // 10) + 5
         # A mutex, not a rate limit: one sweep at a time, each worker on its own clock.
-        if not client.set(_RECOVERY_LOCK, self.token, nx=True, px=30_000):
+        if not client.set(RECOVERY_LOCK, self.token, nx=True, px=30_000):
             return 0
         try:
-            return sweep_lost(get_store(), grace, self.publish)
+            return sweep_lost(rt.store, grace, self.publish)
         finally:
-            if client.get(_RECOVERY_LOCK) == self.token:
-                client.delete(_RECOVERY_LOCK)
+            if client.get(RECOVERY_LOCK) == self.token:
+                client.delete(RECOVERY_LOCK)
 
     def run(self) -> None:
         """Sweep until stopped; Redis being down only delays the next sweep."""
-        settings = get_settings()
+        settings = current().settings
         interval = settings.email_scheduler_interval
         recovery_every = max(1.0, settings.broker_visibility_timeout / 4)
         last_recovery = time.monotonic()
         while not self._stop.wait(interval):
             try:
                 if self.hostname:
-                    heartbeat(get_redis(settings.redis_url), self.hostname)
+                    heartbeat(current().redis, self.hostname)
                 self.release_due()
                 if time.monotonic() - last_recovery >= recovery_every:
                     last_recovery = time.monotonic()

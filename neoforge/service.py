@@ -9,6 +9,7 @@ from typing import Any
 from fastapi_mail import MessageSchema, MessageType
 from starlette.datastructures import UploadFile
 
+from neoforge.bulk import queue_bulk
 from neoforge.enqueue import validate
 from neoforge.errors import FieldError, InvalidEmail
 from tasks import send_email
@@ -50,8 +51,8 @@ class EmailService:
         options = {"queue": self.queue} if self.queue else {}
 
         def enqueue() -> str:
-            request = validate(fields)
-            return str(send_email.enqueue(request, checked=True, **options).id)
+            result, _ = send_email.queue_request(validate(fields), **options)
+            return str(result.id)
 
         # Publishing talks to Redis synchronously: keep it off the event loop.
         return await asyncio.to_thread(enqueue)
@@ -60,8 +61,6 @@ class EmailService:
         self, template: str, subject: str, recipients: list[dict[str, Any]], **shared: Any
     ) -> tuple[str, list[str]]:
         """Queue TEMPLATE to RECIPIENTS (``[{"to": ..., "context": {...}}]``); return (batch, email ids)."""
-        from neoforge.bulk import queue_bulk
-
         fields = {"template": template, "subject": subject, "recipients": recipients, **shared}
         return await asyncio.to_thread(queue_bulk, fields)
 

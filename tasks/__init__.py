@@ -1,6 +1,16 @@
-"""The Celery app and its tasks: ``celery -A tasks worker`` starts a worker."""
+"""The Celery app and its tasks: ``celery -A tasks worker`` starts a worker.
+
+Thin glue over the delivery core (neoforge/): the app and its signals
+(``app``), the tasks (``email``, ``batch``), the worker-side request that
+hides arguments (``request``), the result backend (``results``) and the
+scheduler bootstep (``scheduling``).
+"""
 
 from tasks.app import app
+from tasks.batch import send_batch
 from tasks.email import send_email
+from tasks.scheduling import SchedulerStep
 
-__all__ = ["app", "send_email"]
+app.steps["worker"].add(SchedulerStep)
+
+__all__ = ["app", "send_batch", "send_email"]

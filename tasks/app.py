@@ -1,23 +1,25 @@
-"""The Celery application, configured from celeryconfig.py."""
+"""The Celery application, configured from celeryconfig.py, and its process signals."""
 
 from __future__ import annotations
 
+import logging
+import socket
 from typing import Any
 
-import kombu.pools
 from celery import Celery
-from celery.signals import setup_logging, worker_process_shutdown, worker_shutdown
+from celery.signals import setup_logging, task_revoked, worker_process_shutdown, worker_shutdown
 
-from neoforge.delivery import close_connections
-from neoforge.logs import configure_logging
+from neoforge import runtime
+from neoforge.enqueue import record_expired
+from neoforge.logs import configure_logging, log_event
 from neoforge.settings import get_settings
-from tasks.scheduling import SchedulerStep
 
-__all__ = ["app", "close_broker_connections"]
+__all__ = ["app"]
+
+logger = logging.getLogger(__name__)
 
 app = Celery("neoforge")
 app.config_from_object("celeryconfig")
-app.steps["worker"].add(SchedulerStep)
 
 
 @setup_logging.connect
@@ -31,14 +33,16 @@ def _logging(**_: Any) -> None:
 @worker_process_shutdown.connect
 def _close(**_: Any) -> None:
     # Pooled SMTP connections end with a clean close, not a dropped socket.
-    close_connections()
+    runtime.close()
 
 
-def close_broker_connections() -> None:
-    """Close this process's broker connections; the next publish opens new ones."""
-    app.pool.force_close_all()
-    # Forget the closed pools, kombu's process-wide producer pools included,
-    # the way Celery does after a fork (celery/app/base.py, _after_fork), so a
-    # restarted lifespan in the same process can publish again.
-    kombu.pools.reset()
-    app._after_fork()
+@task_revoked.connect
+def _revoked(request: Any = None, expired: bool = False, **_: Any) -> None:
+    # Celery drops a message whose `expires` has passed without running the
+    # task. Our own queueing turns `expires` into the email's expires_at, so
+    # this is a client that published by name: record the email as expired.
+    if not expired or request is None or getattr(request, "name", "") != "neoforge.send_email":
+        return
+    queue = (getattr(request, "delivery_info", None) or {}).get("routing_key") or ""
+    if record_expired(runtime.current().store, request.id, queue, socket.gethostname()):
+        log_event(logger, "email.expired", id=request.id, status="expired")

@@ -7,14 +7,13 @@ from typing import Any
 from celery import bootsteps
 
 from neoforge.scheduler import Scheduler
+from tasks.email import send_email
 
 __all__ = ["SchedulerStep"]
 
 
-def _publish(email_id: str, queue: str) -> None:
-    from tasks.email import send_email
-
-    send_email.apply_async((email_id,), queue=queue)
+def _publish(email_id: str, queue: str, carried: str) -> None:
+    send_email.publish(email_id, queue=queue or None, carried=carried)
 
 
 class SchedulerStep(bootsteps.StartStopStep):  # type: ignore[misc]

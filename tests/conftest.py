@@ -232,13 +232,13 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 def wait_for_status(email_id: str, wanted: set[str], timeout: float = 20.0) -> dict[str, Any]:
     """Poll the store until the email reaches one of WANTED; return its record."""
-    from neoforge.store import get_store
+    from neoforge.runtime import current
 
     record: dict[str, Any] | None = None
 
     def reached() -> bool:
         nonlocal record
-        record = get_store().get(email_id)
+        record = current().store.get(email_id)
         return record is not None and record["status"] in wanted
 
     try:

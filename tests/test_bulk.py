@@ -77,7 +77,7 @@ def test_email_service_send_bulk(smtp_server: SmtpServer) -> None:
 def test_bulk_batches_keep_each_email_on_its_own(
     smtp_server: SmtpServer, settings_env: Any, redis_client: redis.Redis
 ) -> None:
-    from tasks.email import send_batch
+    from tasks import send_batch
 
     # 10 recipients in messages of 4; one recipient's server says "later" once.
     settings_env(EMAIL_BULK_BATCH_SIZE="4", EMAIL_RETRY_BACKOFF="0.2", EMAIL_RETRY_BACKOFF_MAX="0.2")
@@ -102,7 +102,7 @@ def test_bulk_batches_keep_each_email_on_its_own(
 
 
 def test_batch_message_names_its_emails(redis_client: redis.Redis) -> None:
-    from tasks.email import send_batch
+    from tasks import send_batch
 
     # A queue nobody consumes: the message waits there as kombu stored it.
     queue = "nobody-reads-this"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from neoforge.backoff import retry_delay
+from neoforge.retry import retry_delay
 from tests.conftest import wait_for_status
 from tests.smtp_server import SmtpServer
 
@@ -196,20 +196,27 @@ def test_transactional_mail_never_waits_for_bulk_connections(
     smtp_server: SmtpServer, settings_env: Any
 ) -> None:
     """Bulk may hold 4 of 5 connections; a transactional email gets the fifth at once."""
-    from neoforge.delivery import build_message, deliver, run_in_worker_loop, submit
     from neoforge.message import EmailRequest
+    from neoforge.mime import build_message
+    from neoforge.runtime import current
+    from neoforge.smtp import deliver
     from neoforge.templates import Rendered
 
     settings_env(SMTP_MAX_CONNECTIONS="5")
+    rt = current()
+    pool, sender = rt.sender.pool, rt.settings.smtp_from
 
-    def message(name: str) -> Any:
+    def message(name: str) -> bytes:
         request = EmailRequest(to=[f"{name}@example.com"], subject=name, text="x")
-        return run_in_worker_loop(build_message(name, request, Rendered(html=None, text="x")))
+        return rt.run(build_message(name, request, Rendered(html=None, text="x"), rt.settings)).as_bytes()
 
     for i in range(6):
         smtp_server.handler.rcpt_delays[f"bulk{i}@example.com"] = 1.5
-    bulk = [submit(deliver(message(f"bulk{i}"), [f"bulk{i}@example.com"], 30, bulk=True)) for i in range(6)]
-    run_in_worker_loop(deliver(message("urgent"), ["urgent@example.com"], 30))
+    bulk = [
+        rt.sender.submit(deliver(pool, sender, message(f"bulk{i}"), [f"bulk{i}@example.com"], 30, bulk=True))
+        for i in range(6)
+    ]
+    rt.run(deliver(pool, sender, message("urgent"), ["urgent@example.com"], 30))
     subjects = [m.message["Subject"] for m in smtp_server.handler.messages]
     # It went out ahead of every bulk email (4 in their dialogue, 2 waiting).
     assert subjects == ["urgent"]

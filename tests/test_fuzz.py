@@ -31,7 +31,9 @@ from schemathesis.checks import not_a_server_error
 from neoforge.main import app
 from neoforge.message import EmailRequest
 from neoforge.processes import wait_until
-from neoforge.store import get_store, payload_key
+from neoforge.runtime import close as close_runtime
+from neoforge.runtime import current
+from neoforge.store.keys import payload_key
 from tests.conftest import API_KEY, AUTH
 from tests.smtp_server import Received, SmtpServer
 
@@ -264,7 +266,7 @@ def test_only_valid_emails_reach_the_smtp_server(
     ]
     sample = (crafted + sorted(due))[:DELIVERED]
     for email_id in set(accepted) - set(sample):
-        get_store().discard(email_id)
+        current().store.discard(email_id)
     _deliver(celery_app, sample)
 
     records = {email_id: _record(email_id) for email_id in sample}
@@ -283,8 +285,6 @@ def _deliver(celery_app: Any, email_ids: list[str]) -> None:
     """Run a real worker until every one of EMAIL_IDS is sent or failed."""
     from celery.contrib.testing.worker import start_worker
 
-    from neoforge.delivery import close_connections
-
     def done() -> bool:
         return all(_record(email_id)["status"] in {"sent", "failed"} for email_id in email_ids)
 
@@ -294,11 +294,11 @@ def _deliver(celery_app: Any, email_ids: list[str]) -> None:
         ):
             wait_until(done, 60, f"{len(email_ids)} fuzzed emails delivered")
     finally:
-        close_connections()
+        close_runtime()
 
 
 def _record(email_id: str) -> dict[str, Any]:
-    record = get_store().get(email_id)
+    record = current().store.get(email_id)
     assert record is not None, f"no record for {email_id}"
     return record
 

@@ -1,0 +1,339 @@
+"""What happens to one email in a worker: take it, build it, send it, record the outcome.
+
+Written once, used by every path (a single email, a bulk batch, a retry, a
+requeue). ``begin`` takes the email's lease and prepares it; ``Job.send`` is
+the SMTP dialogue (run on the process's sender loop); ``finish`` records what
+happened and returns a typed ``Outcome``, which the Celery glue (tasks/) turns
+into an acknowledgement, a retry or a rejection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import jinja2
+import redis
+from pydantic import ValidationError
+
+from neoforge.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from neoforge.logs import log_event
+from neoforge.message import EmailRequest
+from neoforge.mime import build_message
+from neoforge.redact import mask_addresses
+from neoforge.retry import retry_delay
+from neoforge.runtime import Runtime
+from neoforge.settings import Settings
+from neoforge.smtp.dialogue import Accepted, deliver
+from neoforge.staging import envelope
+from neoforge.store import Attempt, StatusStore, event, iso, now_iso
+from neoforge.store.ledger import take
+from neoforge.templates import Rendered, render
+
+__all__ = ["Attempting", "Job", "Outcome", "begin", "budget", "finish", "persist", "run", "run_many"]
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["sent", "retry", "failed", "done", "busy", "unavailable"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one look at one email ended.
+
+    - ``sent``: the server took it.
+    - ``retry``: a transient failure, recorded; look again in ``delay`` seconds.
+    - ``failed``: a dead letter now (``error`` says why).
+    - ``done``: nothing to do; ``status`` is the record's (sent before, scheduled, missing, ...).
+    - ``busy``: another sender holds its lease; look again in ``delay`` seconds.
+    - ``unavailable``: Redis could not be reached (``cause``); nothing was sent: hand the message back.
+    """
+
+    kind: Kind
+    email_id: str
+    attempt: int = 0
+    status: str = ""
+    delay: float = 0.0
+    error: DeliveryError | None = None
+    cause: BaseException | None = None
+
+    def result(self) -> dict[str, Any]:
+        """The task's return value: the email's id, status and attempt (no address, no body)."""
+        return {"id": self.email_id, "status": self.status or self.kind, "attempt": self.attempt}
+
+
+@dataclass
+class Attempting:
+    """One email whose lease we hold: attempt number ``number``, started now."""
+
+    email_id: str
+    number: int
+    created: float
+    priority: str
+    worker: str
+    started: str = field(default_factory=now_iso)
+    t0: float = field(default_factory=time.monotonic)
+
+    def entry(self, outcome: str, **extra: Any) -> Attempt:
+        """This attempt's timeline entry."""
+        return {
+            "attempt": self.number,
+            "started_at": self.started,
+            "finished_at": now_iso(),
+            "duration_ms": round((time.monotonic() - self.t0) * 1000, 1),
+            "worker": self.worker,
+            "outcome": outcome,
+            **extra,
+        }
+
+
+@dataclass(kw_only=True)
+class Job(Attempting):
+    """An email whose lease we hold, prepared and ready to send."""
+
+    request: EmailRequest
+    body: Rendered
+    recipients: list[str]
+    held: list[dict[str, Any]]
+    deadline: float
+
+    async def send(self, runtime: Runtime, bulk: bool = False) -> Accepted:
+        """Build the MIME message and hand it to the SMTP server (on the sender loop)."""
+        try:
+            message = await build_message(self.email_id, self.request, self.body, runtime.settings)
+            data = message.as_bytes()
+        except (ValidationError, ValueError) as exc:
+            raise PermanentDeliveryError(
+                f"message cannot be built: {type(exc).__name__}", None, "bad_message"
+            ) from exc
+        store, email_id, number = runtime.store, self.email_id, self.number
+
+        async def mark_data() -> None:
+            # A blocking Redis write, kept off the sender loop: it carries
+            # every dialogue of the process.
+            await asyncio.to_thread(store.mark_data_started, email_id, number)
+
+        timeout = max(0.5, self.deadline - time.monotonic())
+        return await deliver(runtime.sender.pool, runtime.settings.smtp_from, data, self.recipients,
+                             timeout, bulk, mark_data)  # fmt: skip
+
+
+def budget(settings: Settings) -> float:
+    """Seconds one attempt may take: well inside its lease (time limit + 5 s)."""
+    # Prefork's hard time limit is a backstop only, and the threads pool has none.
+    limit = settings.email_task_time_limit
+    return limit - min(10.0, limit / 4)
+
+
+def begin(runtime: Runtime, email_id: str, worker: str, deadline: float | None = None) -> Job | Outcome:
+    """Take EMAIL_ID's lease and prepare it: a Job to send, or the Outcome if there is nothing to send."""
+    settings, store = runtime.settings, runtime.store
+    try:
+        taken = take(store, email_id, worker, settings.email_task_time_limit + 5)
+        if taken.status == "unknown":
+            _record_lost_in_data(store, email_id, taken.number, worker)
+            error = PermanentDeliveryError("outcome unknown: sender stopped after DATA began", None,
+                                           "outcome_unknown")  # fmt: skip
+            return Outcome("failed", email_id, taken.number, "failed", error=error)
+    except redis.RedisError as exc:
+        return Outcome("unavailable", email_id, cause=exc)
+    if taken.status == "leased":
+        # Someone else is sending it right now. Look again once their lease
+        # is over: by then it is sent, or their sender is gone.
+        log_event(logger, "email.leased", id=email_id)
+        return Outcome("busy", email_id, delay=max(1.0, taken.number / 1000))
+    if taken.status != "sending" or taken.payload is None:
+        log_event(logger, "email.skipped", id=email_id, status=taken.status)
+        return Outcome("done", email_id, status=taken.status)
+    log_event(logger, "email.sending", id=email_id, status="sending", attempt=taken.number, worker=worker)
+    deadline = deadline if deadline is not None else time.monotonic() + budget(settings)
+    attempting = Attempting(email_id, taken.number, taken.created, taken.priority, worker)
+    try:
+        request, body, recipients, held = _prepare(taken.payload, settings)
+    except PermanentDeliveryError as exc:
+        return _finish_failed(store, attempting, exc)
+    except Exception as exc:  # a defect of ours: this email only
+        logger.exception("email.internal_error id=%s", email_id)
+        return _finish_internal(store, attempting, exc)
+    return Job(email_id, taken.number, taken.created, taken.priority, worker, attempting.started,
+               attempting.t0, request=request, body=body, recipients=recipients, held=held,
+               deadline=deadline)  # fmt: skip
+
+
+def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outcome:
+    """Record how JOB's dialogue ended (the server's acceptance, or the exception it raised)."""
+    store, settings = runtime.store, runtime.settings
+    try:
+        if isinstance(result, Accepted):
+            _record_success(store, job, result)
+            return Outcome("sent", job.email_id, job.number, "sent")
+        if isinstance(result, TransientDeliveryError):
+            if job.number > settings.email_max_retries:
+                return _finish_failed(store, job, result, reason="retries exhausted")
+            delay = _record_retry(store, job, result, settings)
+            return Outcome("retry", job.email_id, job.number, "retrying", delay=delay, error=result)
+        if isinstance(result, PermanentDeliveryError):
+            return _finish_failed(store, job, result)
+        if isinstance(result, redis.RedisError):
+            # The ledger mark before DATA failed: nothing was sent.
+            log_event(logger, "email.requeued", logging.WARNING, id=job.email_id,
+                      reason=type(result).__name__)  # fmt: skip
+            return Outcome("unavailable", job.email_id, job.number, cause=result)
+        if not isinstance(result, Exception):
+            raise result
+        logger.error("email.internal_error id=%s", job.email_id, exc_info=result)
+        return _finish_internal(store, job, result)
+    except redis.RedisError as exc:
+        return Outcome("unavailable", job.email_id, job.number, cause=exc)
+
+
+def run(runtime: Runtime, email_id: str, worker: str) -> Outcome:
+    """Deliver one email now: begin, send on the sender loop, finish."""
+    started = begin(runtime, email_id, worker)
+    if isinstance(started, Outcome):
+        return started
+    try:
+        accepted: Accepted | BaseException = runtime.run(started.send(runtime))
+    except Exception as exc:
+        accepted = exc
+    return finish(runtime, started, accepted)
+
+
+def run_many(
+    runtime: Runtime, email_ids: Sequence[str], worker: str, *, bulk: bool = True,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:  # fmt: skip
+    """Deliver many emails side by side (one dialogue each on the sender loop); one Outcome per id.
+
+    Emails that cannot start in the first half of the time budget are left
+    for later (``busy`` with no delay). Once Redis fails, the rest are not
+    started (``unavailable``).
+    """
+    budget_s = budget(runtime.settings)
+    deadline = time.monotonic() + budget_s
+    outcomes: dict[str, Outcome] = {}
+    flying: dict[concurrent.futures.Future[Accepted], Job] = {}
+    down: BaseException | None = None
+    for email_id in email_ids:
+        if down is not None:
+            outcomes[email_id] = Outcome("unavailable", email_id, cause=down)
+            continue
+        if deadline - time.monotonic() < budget_s / 2:
+            outcomes[email_id] = Outcome("busy", email_id)
+            continue
+        started = begin(runtime, email_id, worker, deadline)
+        if isinstance(started, Outcome):
+            outcomes[email_id] = started
+            down = started.cause if started.kind == "unavailable" else None
+            continue
+        flying[runtime.sender.submit(started.send(runtime, bulk))] = started
+    for future in concurrent.futures.as_completed(flying):
+        job = flying[future]
+        try:
+            result: Accepted | BaseException = future.result()
+        except Exception as exc:
+            result = exc
+        outcomes[job.email_id] = finish(runtime, job, result)
+    ordered = [outcomes[email_id] for email_id in email_ids if email_id in outcomes]
+    if on_outcome is not None:
+        for outcome in ordered:
+            on_outcome(outcome)
+    return ordered
+
+
+def _prepare(
+    payload: str, settings: Settings
+) -> tuple[EmailRequest, Rendered, list[str], list[dict[str, Any]]]:
+    """The request, its rendered body, the envelope recipients and those held back by policy."""
+    try:
+        request = EmailRequest.model_validate_json(payload)
+        body = render(request.template, request.context) if request.template is not None else Rendered(
+            html=request.html, text=request.text)  # fmt: skip
+    except (ValidationError, jinja2.TemplateError, ValueError) as exc:
+        raise PermanentDeliveryError(
+            f"message cannot be built: {type(exc).__name__}", None, "bad_message"
+        ) from exc
+    recipients, held = envelope(request.recipients(), settings)
+    if not recipients:
+        raise PermanentDeliveryError("no recipient in EMAIL_ALLOWED_DOMAINS", None, "not_allowed")
+    return request, body, recipients, held
+
+
+def persist(write: Callable[[], None], seconds: float = 30.0) -> None:
+    """WRITE, tried again every half second for up to SECONDS while Redis is unreachable.
+
+    For outcomes the server gave us: lose one, and the email's ledger keeps
+    its "DATA began" mark, so the email ends as an ``outcome_unknown`` dead
+    letter instead of being retried or marked sent. Raises the last error.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            write()
+            return
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _finish_failed(store: StatusStore, job: Attempting, exc: DeliveryError, **extra: Any) -> Outcome:
+    details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
+    entry = job.entry("failed", **details)
+    persist(lambda: store.mark_failed(job.email_id, entry, job.priority))
+    log_event(logger, "email.failed", logging.WARNING, id=job.email_id, status="failed", attempt=job.number,
+              smtp_code=exc.code, error_class=exc.error_class, duration_ms=entry["duration_ms"],
+              worker=job.worker, **extra)  # fmt: skip
+    return Outcome("failed", job.email_id, job.number, "failed", error=exc)
+
+
+def _finish_internal(store: StatusStore, job: Attempting, exc: BaseException) -> Outcome:
+    # A defect of ours: dead-letter the email with the error type, so it can
+    # be requeued once fixed.
+    details = {"error": f"internal error: {type(exc).__name__}", "error_class": "internal"}
+    store.mark_failed(job.email_id, job.entry("failed", **details), job.priority)
+    error = PermanentDeliveryError(f"internal error: {type(exc).__name__}", None, "internal")
+    return Outcome("failed", job.email_id, job.number, "failed", error=error)
+
+
+def _record_lost_in_data(store: StatusStore, email_id: str, number: int, worker: str) -> None:
+    # Its sender stopped (killed, or Redis gone right after the 250) once DATA
+    # had begun: the server may have the message, so a person decides.
+    error = f"outcome unknown: the sender of attempt {number} stopped after DATA began"
+    store.mark_failed(email_id, event("failed", error, "outcome_unknown", worker))
+    log_event(logger, "email.failed", logging.WARNING, id=email_id, status="failed", attempt=number,
+              error_class="outcome_unknown", worker=worker)  # fmt: skip
+
+
+def _record_retry(store: StatusStore, job: Job, exc: TransientDeliveryError, settings: Settings) -> float:
+    """Record a transient failure; return the delay before the next attempt."""
+    details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
+    delay = retry_delay(job.number, settings.email_retry_backoff, settings.email_retry_backoff_max)
+    next_at = iso(datetime.now(UTC) + timedelta(seconds=delay))
+    entry = job.entry("retry", retry_in=round(delay, 3), **details)
+    persist(lambda: store.mark_retrying(job.email_id, entry, next_at, job.priority))
+    log_event(logger, "email.retrying", id=job.email_id, status="retrying", attempt=job.number,
+              smtp_code=exc.code, error_class=exc.error_class, duration_ms=entry["duration_ms"],
+              retry_in=round(delay, 3), worker=job.worker)  # fmt: skip
+    return delay
+
+
+def _record_success(store: StatusStore, job: Job, accepted: Accepted) -> None:
+    refused = [*accepted.refused, *job.held]
+    entry = job.entry("sent", smtp_reply=mask_addresses(accepted.reply[:200]))
+    latency = time.time() - job.created if job.created else 0.0
+    # The server has the message. If Redis stays away, the email still counts
+    # as delivered and the gap is logged; the ledger's "DATA began" mark keeps
+    # any later message from sending it again.
+    try:
+        persist(lambda: store.mark_sent(job.email_id, entry, refused, job.priority, latency))
+    except redis.RedisError as exc:
+        log_event(logger, "email.sent_unrecorded", logging.ERROR, id=job.email_id, reason=type(exc).__name__)
+    log_event(logger, "email.sent", id=job.email_id, status="sent", attempt=job.number,
+              duration_ms=entry["duration_ms"], refused=len(refused), worker=job.worker)  # fmt: skip

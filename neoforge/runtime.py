@@ -1,0 +1,134 @@
+"""What one process owns: its settings, its Redis client and status store, and (once it sends
+mail) the sender loop, the SMTP connection pool and the bulk batch gate.
+
+One ``Runtime`` per process, built on first use and closed at shutdown (the
+worker's shutdown signals, the API's lifespan). A forked child (a prefork pool
+process) starts with none: what it inherited belongs to its parent, whose
+sockets it must not close. Changing the settings (tests do) replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import redis
+
+from neoforge.redis_client import connect
+from neoforge.settings import Settings, get_settings
+from neoforge.smtp.pool import Pool, bulk_connections
+from neoforge.store.records import StatusStore
+
+__all__ = ["Runtime", "Sender", "close", "current"]
+
+T = TypeVar("T")
+
+
+class Sender:
+    """One event loop on its own thread carrying every SMTP dialogue of the process.
+
+    Task threads (or a prefork child's one thread) hand it coroutines, so the
+    connections are shared by all tasks of the process and a slow server is
+    kept busy by many dialogues at once.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.pool = Pool(settings)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="neoforge-smtp", daemon=True)
+        self._thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start CORO on the sender loop; its future resolves when it ends."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        """Close the pooled connections (a clean QUIT-less close) and stop the loop."""
+
+        async def close_pool() -> None:
+            self.pool.close_all()
+
+        with contextlib.suppress(RuntimeError, concurrent.futures.TimeoutError):
+            self.submit(close_pool()).result(timeout=5)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class Runtime:
+    """The per-process state; ``current()`` gives this process's."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis: redis.Redis = connect(settings.redis_url, settings.redis_tls_ca_file)
+        self.store = StatusStore(self.redis, settings.email_status_ttl)
+        # A few bulk batches at a time per process, enough to fill bulk mail's
+        # share of the SMTP connections.
+        gate_size = max(1, bulk_connections(settings) // settings.email_bulk_batch_size)
+        self.batch_gate = threading.BoundedSemaphore(gate_size)
+        self._sender: Sender | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def sender(self) -> Sender:
+        """The sender loop, started the first time this process sends."""
+        with self._lock:
+            if self._sender is None:
+                self._sender = Sender(self.settings)
+            return self._sender
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run CORO on the sender loop and wait for its result."""
+        return self.sender.submit(coro).result()
+
+    def close(self) -> None:
+        with self._lock:
+            sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.close()
+        self.redis.close()
+
+
+_current: Runtime | None = None
+_lock = threading.Lock()
+
+
+def current() -> Runtime:
+    """This process's runtime, for the settings in force."""
+    global _current
+    settings = get_settings()
+    found = _current
+    if found is not None and found.settings is settings:
+        return found
+    with _lock:
+        if _current is None or _current.settings is not settings:
+            if _current is not None:
+                _current.close()
+            _current = Runtime(settings)
+        return _current
+
+
+def close() -> None:
+    """Close this process's runtime (at shutdown); the next ``current()`` builds a new one."""
+    global _current
+    with _lock:
+        found, _current = _current, None
+    if found is not None:
+        found.close()
+
+
+def _forget_after_fork() -> None:
+    # The child must not close or use its parent's loop thread (absent in the
+    # child) or sockets: drop the reference, build anew on first use.
+    global _current, _lock
+    _current = None
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

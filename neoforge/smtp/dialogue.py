@@ -1,0 +1,168 @@
+"""One SMTP dialogue: MAIL, RCPT, DATA step by step, so every failure keeps its reply code and phase.
+
+fastapi-mail's own ``send_message`` is not used: it opens a connection per
+email and turns connection-phase failures into a generic ``ConnectionErrors``
+(fastapi_mail/connection.py), which would erase the code that decides retry
+versus dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosmtplib
+
+from neoforge.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from neoforge.smtp.classify import classify
+from neoforge.smtp.pool import Pool
+
+__all__ = ["Accepted", "deliver"]
+
+BeforeData = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The server took the message; ``refused`` lists recipients it turned away."""
+
+    reply: str
+    refused: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Dialogue:
+    """How far one delivery got, for the verdict when its deadline cuts it short."""
+
+    smtp: aiosmtplib.SMTP | None = None
+    in_data: bool = False
+    before_data: BeforeData | None = None
+
+
+class _DataPhaseLost(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+
+
+async def deliver(
+    pool: Pool,
+    sender: str,
+    data: bytes,
+    recipients: list[str],
+    timeout: float | None = None,
+    bulk: bool = False,
+    before_data: BeforeData | None = None,
+) -> Accepted:
+    """Send DATA to RECIPIENTS over a pooled connection; raise a Transient- or PermanentDeliveryError.
+
+    BULK mail waits for one of its share of the connections. BEFORE_DATA is
+    awaited right before the DATA command; if it raises, the dialogue ends
+    there and nothing is sent. TIMEOUT bounds the whole dialogue (connect
+    included): Celery's threads pool has no hard time limit, and the email's
+    lease relies on the attempt ending in time. A dialogue cut short during
+    DATA may have delivered the message: it is reported as ``outcome_unknown``.
+    """
+    state = _Dialogue(before_data=before_data)
+    try:
+        async with (
+            asyncio.timeout(timeout),
+            pool.bulk_slots if bulk else contextlib.nullcontext(),
+            pool.slots,
+        ):
+            return await _deliver(pool, sender, recipients, data, state)
+    except TimeoutError as exc:
+        if state.smtp is not None:
+            state.smtp.close()  # in an unknown state: never back to the pool
+        if state.in_data:
+            raise PermanentDeliveryError(
+                "outcome unknown, time limit reached during DATA", None, "outcome_unknown"
+            ) from exc
+        raise TransientDeliveryError(f"timed out after {timeout:.0f} s", None, "timeout") from exc
+
+
+async def _deliver(pool: Pool, sender: str, recipients: list[str], data: bytes, state: _Dialogue) -> Accepted:
+    reused = pool.take()
+    if reused is not None:
+        smtp, used = reused
+        state.smtp = smtp
+        try:
+            accepted = await _transmit(smtp, sender, recipients, data, state)
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+            # The server closed an idle connection before MAIL: nothing was
+            # sent, so a fresh connection is safe and not a retry.
+            smtp.close()
+        except _DataPhaseLost as exc:
+            raise classify(exc.cause, "data") from exc.cause
+        except DeliveryError:
+            await _reset(smtp)
+            pool.give_back(smtp, used + 1)
+            raise
+        except Exception as exc:
+            await _reset(smtp)
+            pool.give_back(smtp, used + 1)
+            raise classify(exc, "envelope") from exc
+        else:
+            pool.give_back(smtp, used + 1)
+            return accepted
+    state.smtp = None
+    try:
+        smtp = await pool.connect()
+    except DeliveryError:
+        raise
+    except Exception as exc:
+        raise classify(exc, "connect") from exc
+    state.smtp = smtp
+    try:
+        accepted = await _transmit(smtp, sender, recipients, data, state)
+    except _DataPhaseLost as exc:
+        raise classify(exc.cause, "data") from exc.cause
+    except Exception as exc:
+        await _reset(smtp)
+        pool.give_back(smtp, 1)
+        if isinstance(exc, DeliveryError):
+            raise
+        raise classify(exc, "envelope") from exc
+    pool.give_back(smtp, 1)
+    return accepted
+
+
+async def _transmit(
+    smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], data: bytes, state: _Dialogue
+) -> Accepted:
+    state.in_data = False
+    await smtp.mail(sender)
+    refused = []
+    for address in recipients:
+        try:
+            await smtp.rcpt(address)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            refused.append(exc)
+    if len(refused) == len(recipients):
+        raise aiosmtplib.SMTPRecipientsRefused(refused)
+    if state.before_data is not None:
+        # The caller's ledger mark: from here on the message may reach the
+        # server, so a crash must not lead to a second copy. If the mark
+        # cannot be written, nothing is sent.
+        await state.before_data()
+    state.in_data = True
+    try:
+        reply = await smtp.data(data)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+        raise _DataPhaseLost(exc) from exc
+    return Accepted(
+        reply=reply.message,
+        refused=[{"address": r.recipient, "code": r.code, "message": r.message} for r in refused],
+    )
+
+
+async def _reset(smtp: aiosmtplib.SMTP) -> None:
+    if not smtp.is_connected:
+        return
+    try:
+        await smtp.rset()
+    except (aiosmtplib.SMTPException, ConnectionError, ssl.SSLError):
+        smtp.close()

@@ -1,0 +1,72 @@
+"""How values are written into Redis: times, timeline entries, packed payloads, histograms."""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["Attempt", "as_json", "event", "iso", "now_iso", "observe", "pack_payload", "unpack_payload"]
+
+Attempt = dict[str, Any]
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601 with microseconds."""
+    return iso(datetime.now(UTC))
+
+
+def iso(moment: datetime) -> str:
+    """MOMENT in UTC, ISO 8601 with microseconds and a Z."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def event(outcome: str, error: str = "", error_class: str = "", worker: str = "") -> Attempt:
+    """A timeline entry for something that was not a delivery attempt (requeue, time limit)."""
+    now = now_iso()
+    entry: Attempt = {
+        "attempt": 0,
+        "started_at": now,
+        "finished_at": now,
+        "duration_ms": 0,
+        "worker": worker,
+        "outcome": outcome,
+    }
+    if error:
+        entry.update(error=error, error_class=error_class)
+    return entry
+
+
+# Payloads over this size are stored zlib-compressed (base64, marked "z:"):
+# a 2 KB text+HTML email takes about 1 KB instead of 2.3 KB, for ~40 µs.
+_COMPRESS_FROM = 600
+
+
+def pack_payload(payload: str) -> str:
+    """PAYLOAD as stored: compressed when that pays."""
+    if len(payload) < _COMPRESS_FROM:
+        return payload
+    packed = "z:" + base64.b64encode(zlib.compress(payload.encode(), 6)).decode()
+    return packed if len(packed) < len(payload) else payload
+
+
+def unpack_payload(stored: str) -> str:
+    """The JSON payload back from what ``pack_payload`` stored."""
+    if stored.startswith("z:"):
+        return zlib.decompress(base64.b64decode(stored[2:])).decode()
+    return stored
+
+
+def observe(pipe: Any, key: str, buckets: tuple[float, ...], value: float) -> None:
+    """Count VALUE in the first bucket that holds it (cumulated when exported)."""
+    bucket = next((str(b) for b in buckets if value <= b), "+Inf")
+    pipe.hincrby(key, bucket, 1)
+    pipe.hincrby(key, "count", 1)
+    pipe.hincrbyfloat(key, "sum", value)
+
+
+def as_json(value: Any) -> str:
+    """VALUE as compact JSON."""
+    return json.dumps(value, separators=(",", ":"))

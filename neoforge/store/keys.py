@@ -1,0 +1,103 @@
+"""Every Redis key NeoForge Mail writes, named here and nowhere else.
+
+Keys (all under ``neoforge:``):
+
+- ``email:{id}``           hash: status, attempts, last error, timestamps, ...
+- ``email:{id}:payload``   the validated request as JSON (zlib + base64 if long), until sent
+- ``email:{id}:attempts``  list: one JSON entry per delivery attempt (and requeue)
+- ``email:{id}:lease``     who is sending it right now (expires on its own)
+- ``failed``               sorted set: failed email ids by time of failure (dead letters)
+- ``scheduled``            sorted set: email ids by the time they are due in the broker
+- ``pending``              sorted set: published, unfinished email ids by time of publishing
+- ``idem:{sha256}``        the email id queued under an idempotency key
+- ``rcpt:{sha256}``        hash: ids of the emails to one address, as fields (for erasure)
+- ``batch:{id}``, ``batch:{id}:emails``  a bulk send: its size, and its emails' ids in order
+- ``metrics``              hash: counters for Prometheus, shared by every process
+- ``metrics:latency``, ``metrics:send_duration``  hashes: histogram buckets
+- ``workers``              sorted set: worker host names by last heartbeat
+- ``rate:{sha256}:{minute}:requests|recipients``  per API key counters
+- ``scheduler:lock``, ``recovery:lock``  one sweeper at a time
+
+kombu's own keys (queues, ``unacked``) are read in neoforge/broker.py only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = [
+    "FAILED",
+    "LATENCY",
+    "METRICS",
+    "PENDING",
+    "PREFIX",
+    "RECOVERY_LOCK",
+    "SCHEDULED",
+    "SCHEDULER_LOCK",
+    "SEND_DURATION",
+    "WORKERS",
+    "attempts_key",
+    "batch_emails_key",
+    "batch_key",
+    "email_key",
+    "idempotency_key",
+    "lease_key",
+    "payload_key",
+    "rate_keys",
+    "recipient_key",
+]
+
+PREFIX = "neoforge:"
+FAILED = f"{PREFIX}failed"
+SCHEDULED = f"{PREFIX}scheduled"
+PENDING = f"{PREFIX}pending"
+METRICS = f"{PREFIX}metrics"
+LATENCY = f"{PREFIX}metrics:latency"
+SEND_DURATION = f"{PREFIX}metrics:send_duration"
+WORKERS = f"{PREFIX}workers"
+SCHEDULER_LOCK = f"{PREFIX}scheduler:lock"
+RECOVERY_LOCK = f"{PREFIX}recovery:lock"
+
+
+def email_key(email_id: str) -> str:
+    return f"{PREFIX}email:{email_id}"
+
+
+def payload_key(email_id: str) -> str:
+    return f"{PREFIX}email:{email_id}:payload"
+
+
+def attempts_key(email_id: str) -> str:
+    return f"{PREFIX}email:{email_id}:attempts"
+
+
+def lease_key(email_id: str) -> str:
+    return f"{PREFIX}email:{email_id}:lease"
+
+
+def batch_key(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def batch_emails_key(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}:emails"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def recipient_key(address: str) -> str:
+    # Hashed: the index lets us erase a person's emails without their address in a key name.
+    return f"{PREFIX}rcpt:{_digest(address.lower())}"
+
+
+def idempotency_key(key: str) -> str:
+    # Hashed: the caller's key may be long or carry personal data.
+    return f"{PREFIX}idem:{_digest(key)}"
+
+
+def rate_keys(api_key: str, minute: int) -> tuple[str, str]:
+    """The request and recipient counters of API_KEY for one minute (never the key itself)."""
+    base = f"{PREFIX}rate:{_digest(api_key)[:32]}:{minute}"
+    return f"{base}:requests", f"{base}:recipients"

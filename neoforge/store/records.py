@@ -1,0 +1,345 @@
+"""Where statuses are written: each email's record, payload, timeline and delivery ledger.
+
+A record exists from the moment an id is handed out (or, for a message a
+client published straight to the broker, from the moment a worker first sees
+it), so an id with no record was never queued: that is a 404, never Celery's
+ambiguous PENDING. The record is also the delivery ledger: once it says
+``sent``, no redelivered or duplicate message sends the email again. Key
+names live in neoforge/store/keys.py, the atomic steps in neoforge/store/lua/.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, cast
+
+import redis
+
+from neoforge.store.encoding import Attempt, as_json, event, now_iso, observe, pack_payload, unpack_payload
+from neoforge.store.keys import (
+    FAILED,
+    LATENCY,
+    METRICS,
+    PENDING,
+    SCHEDULED,
+    SEND_DURATION,
+    attempts_key,
+    email_key,
+    idempotency_key,
+    lease_key,
+    payload_key,
+    recipient_key,
+)
+from neoforge.store.scripts import Scripts
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "LATENCY_BUCKETS",
+    "TERMINAL",
+    "StatusStore",
+]
+
+# Histogram bucket bounds in seconds (Prometheus ``le``).
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# Statuses an email never leaves (but for a requeue of a failed one).
+TERMINAL = frozenset({"sent", "failed", "expired", "cancelled"})
+# Fields that describe a failure: a sent email carries none of them (its
+# timeline keeps the history).
+_ERROR_FIELDS = ("last_error", "last_smtp_code", "error_class", "failed_at")
+
+_Mapping = Any  # redis-py's stub wants an invariant key type that no plain dict has
+
+
+class StatusStore:
+    """Reads and writes email records; every write is one atomic Redis round trip."""
+
+    def __init__(self, client: redis.Redis, status_ttl: int) -> None:
+        self.client = client
+        self.status_ttl = status_ttl
+        self.scripts = Scripts(client)
+
+    def create(
+        self,
+        email_id: str,
+        payload: str,
+        fields: dict[str, str | int],
+        *,
+        idempotency: tuple[str, int] | None = None,
+        due: float | None = None,
+        recipients: list[str] | None = None,
+        pipeline: Any = None,
+    ) -> tuple[str, bool]:
+        """Record a new email (queued, or scheduled when DUE is given); return (id, created).
+
+        An id that has a record already, or an IDEMPOTENCY (key, seconds) used
+        within its window, writes nothing: the earlier email's id is returned
+        with ``created`` False. With a PIPELINE the write is only queued on it
+        (the caller executes it) and (EMAIL_ID, True) is returned.
+        """
+        now = now_iso()
+        record: dict[str, str | int] = {
+            "id": email_id,
+            "status": "scheduled" if due is not None else "queued",
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        record.update(fields)
+        flat = [item for pair in record.items() for item in pair]
+        idem_key, ttl = (idempotency_key(idempotency[0]), idempotency[1]) if idempotency else ("", 0)
+        result = self.scripts.create(
+            keys=[
+                email_key(email_id),
+                payload_key(email_id),
+                idem_key,
+                SCHEDULED,
+                PENDING,
+                METRICS,
+                *(recipient_key(address) for address in recipients or []),
+            ],
+            args=[
+                email_id,
+                pack_payload(payload),
+                ttl,
+                "" if due is None else due,
+                self.status_ttl + 31 * 86400,
+                *flat,
+            ],
+            client=pipeline,
+        )
+        if pipeline is not None:
+            return email_id, True
+        return str(result[0]), bool(int(result[1]))
+
+    def finish_new(self, email_id: str, status: str, fields: dict[str, str | int], entry: Attempt) -> bool:
+        """Record EMAIL_ID as STATUS (failed or expired) before it was ever queued; False if it has a record.
+
+        For a message a worker cannot use (its fields are not a valid email)
+        or one Celery expired before it ran. No content is kept, so it cannot
+        be requeued; a failed one is a dead letter.
+        """
+        now = entry["finished_at"]
+        priority = str(fields.get("priority") or "transactional")
+        record: dict[str, str | int] = {
+            "id": email_id,
+            "status": status,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+            **fields,
+        }
+        if status == "failed":
+            record.update(failed_at=now, last_error=entry["error"], error_class=entry["error_class"])
+            counter = f"failed|{priority}|{entry['error_class']}"
+        else:
+            counter = f"expired|{priority}"
+        flat = [item for pair in record.items() for item in pair]
+        done = self.scripts.finish_new(
+            keys=[email_key(email_id), attempts_key(email_id), FAILED if status == "failed" else "", METRICS],
+            args=[email_id, time.time(), as_json(entry), counter, self.status_ttl + 31 * 86400, *flat],
+        )
+        return bool(done)
+
+    def discard(self, email_id: str) -> None:
+        """Remove every trace of an email that could not be queued (its queued count included)."""
+        priority = str(self.client.hget(email_key(email_id), "priority") or "transactional")
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(METRICS, f"queued|{priority}", -1)
+            pipe.delete(email_key(email_id), payload_key(email_id), attempts_key(email_id))
+            pipe.zrem(SCHEDULED, email_id)
+            pipe.zrem(PENDING, email_id)
+            pipe.execute()
+
+    def begin_attempt(
+        self, email_id: str, worker: str, lease: str, lease_seconds: float, break_lease: str = ""
+    ) -> tuple[str, str | None, int, float, str]:
+        """Take the email's lease and mark it sending.
+
+        Returns (status, payload or lease holder, attempt number, creation time, priority).
+
+        ``sending`` means deliver now (the payload is returned). ``leased``
+        means another sender holds the lease: the holder and the lease's
+        remaining milliseconds are returned. ``unknown`` means the previous
+        attempt (its number is returned) got as far as DATA and its sender is
+        gone: the caller holds the lease and must dead-letter the email.
+        Anything else (``missing``, ``sent``, ``failed``, ``expired``,
+        ``scheduled``) means nothing to do.
+        """
+        found = self.scripts.begin(
+            keys=[email_key(email_id), payload_key(email_id), lease_key(email_id), PENDING, METRICS],
+            args=[now_iso(), worker, lease, int(lease_seconds * 1000), time.time(), break_lease, email_id],
+        )
+        status, payload, number = found[0], found[1], found[2]
+        created = float(found[3]) if len(found) > 3 and found[3] else 0.0
+        priority = str(found[4]) if len(found) > 4 else "transactional"
+        if status == "sending" and payload:
+            payload = unpack_payload(str(payload))
+        return str(status), payload if payload else None, int(number), created, priority
+
+    def mark_data_started(self, email_id: str, attempt: int) -> None:
+        """Attempt ATTEMPT is about to send DATA: if it is interrupted, never send the email again."""
+        self.client.hset(email_key(email_id), "data_attempt", attempt)
+
+    def mark_retrying(self, email_id: str, attempt: Attempt, next_attempt_at: str, priority: str) -> None:
+        """The attempt failed transiently; another is scheduled."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(METRICS, f"retried|{priority}|{attempt['error_class']}", 1)
+            pipe.rpush(attempts_key(email_id), as_json(attempt))
+            pipe.hset(
+                email_key(email_id),
+                mapping={
+                    "status": "retrying",
+                    "updated_at": attempt["finished_at"],
+                    "last_error": attempt["error"],
+                    "last_smtp_code": attempt.get("smtp_code") or "",
+                    "error_class": attempt["error_class"],
+                    "next_attempt_at": next_attempt_at,
+                },
+            )
+            pipe.delete(lease_key(email_id))
+            pipe.execute()
+
+    def mark_sent(
+        self, email_id: str, attempt: Attempt, refused: list[dict[str, Any]], priority: str, latency: float
+    ) -> None:
+        """The SMTP server accepted the message: record it, drop the content, let it expire."""
+        fields: dict[str, str] = {
+            "status": "sent",
+            "updated_at": attempt["finished_at"],
+            "sent_at": attempt["finished_at"],
+            "next_attempt_at": "",
+        }
+        if refused:
+            fields["refused"] = as_json(refused)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(email_key(email_id), mapping=cast(_Mapping, fields))
+            pipe.hdel(email_key(email_id), *_ERROR_FIELDS)
+            pipe.rpush(attempts_key(email_id), as_json(attempt))
+            pipe.delete(payload_key(email_id), lease_key(email_id))
+            pipe.zrem(PENDING, email_id)
+            pipe.zrem(FAILED, email_id)  # the server took it: never a dead letter
+            pipe.hincrby(METRICS, f"sent|{priority}", 1)
+            observe(pipe, LATENCY, LATENCY_BUCKETS, latency)
+            observe(pipe, SEND_DURATION, DURATION_BUCKETS, attempt["duration_ms"] / 1000)
+            pipe.expire(email_key(email_id), self.status_ttl)
+            pipe.expire(attempts_key(email_id), self.status_ttl)
+            pipe.execute()
+
+    def mark_failed(self, email_id: str, attempt: Attempt, priority: str | None = None) -> None:
+        """Delivery gave up: keep the record and payload (no expiry) in the dead-letter index."""
+        if priority is None:
+            priority = str(self.client.hget(email_key(email_id), "priority") or "transactional")
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(METRICS, f"failed|{priority}|{attempt.get('error_class') or 'unknown'}", 1)
+            pipe.rpush(attempts_key(email_id), as_json(attempt))
+            pipe.hset(
+                email_key(email_id),
+                mapping={
+                    "status": "failed",
+                    "updated_at": attempt["finished_at"],
+                    "failed_at": attempt["finished_at"],
+                    "last_error": attempt["error"],
+                    "last_smtp_code": attempt.get("smtp_code") or "",
+                    "error_class": attempt["error_class"],
+                    "next_attempt_at": "",
+                },
+            )
+            pipe.zadd(FAILED, {email_id: time.time()})
+            pipe.zrem(PENDING, email_id)
+            pipe.delete(lease_key(email_id))
+            pipe.execute()
+
+    def fail_if_sending(self, email_id: str, attempt: Attempt) -> bool:
+        """mark_failed, but only while the email is still sending (a late, parent-side verdict)."""
+        if self.client.hget(email_key(email_id), "status") != "sending":
+            return False
+        self.mark_failed(email_id, attempt)
+        return True
+
+    def requeue(self, email_id: str) -> bool:
+        """Turn a failed email back into a queued one (the caller publishes it).
+
+        False if it is not failed, or its content was purged.
+        """
+        entry = event("requeued")
+        done = self.scripts.requeue(
+            keys=[email_key(email_id), attempts_key(email_id), FAILED, payload_key(email_id), PENDING],
+            args=[email_id, entry["started_at"], as_json(entry)],
+        )
+        return bool(done)
+
+    def schedule(self, email_id: str, due: float, next_attempt_at: str, carried: str = "") -> None:
+        """Hold the email in Redis until DUE (epoch seconds); the scheduler publishes it then.
+
+        CARRIED (JSON) is what Celery must get back with that message: callbacks, the rest of a chain.
+        """
+        fields = {"next_attempt_at": next_attempt_at}
+        if carried:
+            fields["celery"] = carried
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zadd(SCHEDULED, {email_id: due})
+            pipe.hset(email_key(email_id), mapping=cast(_Mapping, fields))
+            pipe.execute()
+
+    def published(self, email_id: str) -> None:
+        """A message for the email was just published: it is pending from now."""
+        now = time.time()
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(email_key(email_id), "published_ts", repr(now))
+            pipe.zadd(PENDING, {email_id: now})
+            pipe.execute()
+
+    def due(self, now: float, limit: int = 500) -> list[str]:
+        """Scheduled ids whose time has come, oldest first."""
+        return [str(i) for i in self.client.zrangebyscore(SCHEDULED, "-inf", now, start=0, num=limit)]
+
+    def release(self, email_id: str) -> tuple[str, str, str] | None:
+        """Mark a due email queued (if it was scheduled); (status, queue, carried options) or None if gone."""
+        found = self.scripts.release(keys=[email_key(email_id)], args=[now_iso()])
+        return (str(found[0]), str(found[1]), str(found[2])) if found else None
+
+    def unschedule(self, email_id: str) -> None:
+        self.client.zrem(SCHEDULED, email_id)
+
+    def failed(self, limit: int, before: float | None = None) -> list[tuple[str, float]]:
+        """Failed email ids with their failure time, newest first, older than BEFORE if given."""
+        top = f"({before}" if before is not None else "+inf"
+        rows = self.client.zrevrangebyscore(FAILED, top, "-inf", start=0, num=limit, withscores=True)
+        return [(str(member), float(score)) for member, score in cast(list[tuple[str, float]], rows)]
+
+    def purge(self, email_id: str) -> str | None:
+        """Drop the email's stored content (cancelling it if unsent); its status, or None if unknown."""
+        status = self.scripts.purge(
+            keys=[email_key(email_id), payload_key(email_id), PENDING, SCHEDULED, lease_key(email_id)],
+            args=[email_id, now_iso()],
+        )
+        return str(status) if status else None
+
+    def emails_to(self, address: str) -> list[str]:
+        """Ids of the emails sent to ADDRESS (to, cc or bcc) that are still on record."""
+        return sorted(str(i) for i in self.client.hkeys(recipient_key(address)))
+
+    def forget_recipient(self, address: str) -> None:
+        self.client.delete(recipient_key(address))
+
+    def get(self, email_id: str) -> dict[str, Any] | None:
+        """The record with its timeline, or None if the id was never queued."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(email_key(email_id))
+            pipe.lrange(attempts_key(email_id), 0, -1)
+            record, attempts = pipe.execute()
+        if not record:
+            return None
+        result: dict[str, Any] = dict(record)
+        result.pop("expires_ts", None)
+        result.pop("published_ts", None)
+        result.pop("created_ts", None)
+        result.pop("celery", None)
+        result.pop("data_attempt", None)
+        result["attempts"] = int(record.get("attempts", 0))
+        result["refused"] = json.loads(record["refused"]) if record.get("refused") else []
+        result["timeline"] = [json.loads(item) for item in attempts]
+        return result

@@ -1,0 +1,118 @@
+"""The ``send_batch`` task: many bulk emails from one message, their SMTP dialogues side by side."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from celery import Task
+from celery.exceptions import Reject, TimeLimitExceeded
+from kombu.exceptions import OperationalError
+
+from neoforge.attempt import Outcome, run_many
+from neoforge.errors import PermanentDeliveryError, QueueUnavailable, TransientDeliveryError
+from neoforge.logs import log_event
+from neoforge.runtime import current
+from neoforge.store import event
+from tasks.app import app
+from tasks.email import publish_error, send_email
+
+__all__ = ["publish_batches", "send_batch"]
+
+logger = logging.getLogger(__name__)
+
+
+class BatchTask(Task):  # type: ignore[misc]
+    """``send_batch``'s base: a pool kill past the time limit dead-letters what was mid-send."""
+
+    throws = (PermanentDeliveryError, TransientDeliveryError)
+    Request = "tasks.request:RedactingRequest"
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, TimeLimitExceeded) and args:
+            # As for send_email: nobody can tell how far those dialogues got.
+            entry = event(
+                "failed", f"task time limit exceeded ({exc})", "time_limit", self.request.hostname or ""
+            )
+            for email_id in args[0]:
+                with contextlib.suppress(redis.RedisError):
+                    current().store.fail_if_sending(email_id, entry)
+
+
+def publish_batches(emails: Sequence[tuple[str, str]], size: int) -> None:
+    """Publish EMAILS ((id, queue) pairs) as ``send_batch`` messages of up to SIZE ids per queue."""
+    by_queue: dict[str, list[str]] = {}
+    for email_id, queue in emails:
+        by_queue.setdefault(queue, []).append(email_id)
+    try:
+        with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
+            for queue, ids in by_queue.items():
+                for start in range(0, len(ids), size):
+                    send_batch.apply_async((ids[start : start + size],), queue=queue, producer=producer)
+    except (OperationalError, redis.RedisError, OSError) as exc:
+        raise publish_error(exc) from exc
+
+
+@app.task(bind=True, base=BatchTask, name="neoforge.send_batch")
+def send_batch(self: BatchTask, email_ids: list[str]) -> dict[str, int]:
+    """Deliver many bulk emails from one message, their SMTP dialogues side by side.
+
+    Each email is handled exactly as ``send_email`` handles one: its own
+    lease, status, attempt timeline, retries (published as its own
+    ``send_email`` message) and dead letter; its result is stored under its
+    own id. The message is acknowledged once every email has an outcome; if
+    Redis fails part-way it is handed back, and the ledger skips the emails
+    already sent when it comes again.
+    """
+    rt = current()
+    # A few batches at a time per process, enough to fill bulk mail's share
+    # of the SMTP connections: the other threads (and the CPU) stay free for
+    # transactional mail. A batch that cannot start soon goes back to its queue.
+    if not rt.batch_gate.acquire(timeout=rt.settings.broker_visibility_timeout / 4):
+        raise Reject("busy: every batch slot of this worker process is taken", requeue=True)
+    try:
+        worker = self.request.hostname or socket.gethostname()
+        outcomes = run_many(rt, email_ids, worker, bulk=True)
+    finally:
+        rt.batch_gate.release()
+    queue = (self.request.delivery_info or {}).get("routing_key") or "bulk"
+    counts = {"sent": 0, "failed": 0, "retrying": 0, "skipped": 0, "deferred": 0}
+    down: BaseException | None = None
+    for outcome in outcomes:
+        if outcome.kind == "unavailable":
+            down = down or outcome.cause
+        elif outcome.kind in ("retry", "busy"):
+            try:
+                send_email.publish(outcome.email_id, queue=queue, countdown=outcome.delay)
+            except QueueUnavailable as exc:
+                down = redis.ConnectionError(str(exc))
+            counts["retrying" if outcome.kind == "retry" else "deferred"] += 1
+        else:
+            counts[_count(outcome)] += 1
+            _store_result(self, outcome)
+    if down is not None:
+        # Hand the whole message back: what was sent is skipped next time.
+        log_event(
+            logger, "batch.requeued", logging.WARNING, emails=len(email_ids), reason=type(down).__name__
+        )
+        raise Reject(down, requeue=True)
+    return counts
+
+
+def _count(outcome: Outcome) -> str:
+    if outcome.kind == "done":
+        return "skipped"
+    return "sent" if outcome.kind == "sent" else "failed"
+
+
+def _store_result(task: BatchTask, outcome: Outcome) -> None:
+    # Each email's own result, as send_email would store it (AsyncResult(email_id) works).
+    with contextlib.suppress(redis.RedisError):
+        if outcome.kind == "sent":
+            task.app.backend.mark_as_done(outcome.email_id, {**outcome.result(), "status": "sent"})
+        elif outcome.kind == "failed" and outcome.error is not None:
+            task.app.backend.mark_as_failure(outcome.email_id, outcome.error)
