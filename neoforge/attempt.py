@@ -180,6 +180,10 @@ def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outc
             return Outcome("retry", job.email_id, job.number, "retrying", delay=delay, error=result)
         if isinstance(result, PermanentDeliveryError):
             return _finish_failed(store, job, result)
+        if isinstance(result, concurrent.futures.CancelledError):
+            # The process is shutting down mid-dialogue: hand the message back;
+            # the ledger's DATA mark decides what the next attempt may do.
+            return Outcome("unavailable", job.email_id, job.number, cause=result)
         if isinstance(result, redis.RedisError):
             # The ledger mark before DATA failed: nothing was sent.
             log_event(logger, "email.requeued", logging.WARNING, id=job.email_id,

@@ -47,14 +47,26 @@ class Sender:
         """Start CORO on the sender loop; its future resolves when it ends."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def close(self) -> None:
-        """Close the pooled connections (a clean QUIT-less close) and stop the loop."""
+    def close(self, wait: float = 0.0) -> None:
+        """Let dialogues in flight finish for up to WAIT seconds, cancel the rest, close the pool, stop.
 
-        async def close_pool() -> None:
+        A cancelled dialogue's caller sees ``concurrent.futures.CancelledError``
+        (never a hang); the email's ledger tells the next attempt how far it got.
+        """
+
+        async def wind_down() -> None:
+            here = asyncio.current_task()
+            deadline = self.loop.time() + wait
+            while self.loop.time() < deadline and asyncio.all_tasks() - {here}:
+                await asyncio.sleep(0.05)
+            others = asyncio.all_tasks() - {here}
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
             self.pool.close_all()
 
         with contextlib.suppress(RuntimeError, concurrent.futures.TimeoutError):
-            self.submit(close_pool()).result(timeout=5)
+            self.submit(wind_down()).result(timeout=wait + 5)
             self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():
@@ -87,11 +99,12 @@ class Runtime:
         """Run CORO on the sender loop and wait for its result."""
         return self.sender.submit(coro).result()
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> None:
+        """Stop the sender (see ``Sender.close``) and close the Redis client."""
         with self._lock:
             sender, self._sender = self._sender, None
         if sender is not None:
-            sender.close()
+            sender.close(wait)
         self.redis.close()
 
 
@@ -109,7 +122,9 @@ def current() -> Runtime:
     with _lock:
         if _current is None or _current.settings is not settings:
             if _current is not None:
-                _current.close()
+                # Retired, not cut off: a task may still be mid-dialogue on it.
+                old = _current
+                threading.Thread(target=old.close, args=(60.0,), name="neoforge-retire", daemon=True).start()
             _current = Runtime(settings)
         return _current
 

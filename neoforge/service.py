@@ -51,7 +51,7 @@ class EmailService:
         options = {"queue": self.queue} if self.queue else {}
 
         def enqueue() -> str:
-            result, _ = send_email.queue_request(validate(fields), **options)
+            result, _ = send_email.queue_request(validate(fields), checked=True, **options)
             return str(result.id)
 
         # Publishing talks to Redis synchronously: keep it off the event loop.

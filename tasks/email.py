@@ -32,7 +32,7 @@ from kombu.exceptions import OperationalError
 from kombu.utils.json import dumps, loads
 
 from neoforge.attempt import Outcome, run
-from neoforge.enqueue import adopt, discard_quietly, due_time, iso_ts, record, validate
+from neoforge.enqueue import adopt, check_renders, discard_quietly, due_time, iso_ts, record, validate
 from neoforge.errors import PermanentDeliveryError, QueueUnavailable, TransientDeliveryError
 from neoforge.message import EmailRequest
 from neoforge.redis_client import unavailable
@@ -110,11 +110,16 @@ class EmailTask(Task):  # type: ignore[misc]
         expires = options.pop("expires", None)
         if expires is not None and "expires_at" not in fields:
             fields["expires_at"] = _expires_at(expires)
-        result, _ = self.queue_request(validate(fields), **options)
+        result, _ = self.queue_request(validate(fields), checked=True, **options)
         return result
 
-    def queue_request(self, request: EmailRequest, **options: Any) -> tuple[AsyncResult, str | None]:
-        """Record a checked REQUEST and publish its message; return (result, "queued" or "scheduled").
+    def queue_request(
+        self, request: EmailRequest, *, checked: bool = False, **options: Any
+    ) -> tuple[AsyncResult, str | None]:
+        """Record REQUEST and publish its message; return (result, "queued" or "scheduled").
+
+        Its template is rendered once first (a missing variable is the
+        caller's InvalidEmail), unless CHECKED says ``validate`` did that.
 
         With an ``idempotency_key`` seen within its window, or a ``task_id``
         already used, nothing is queued: the earlier email's result and None.
@@ -122,6 +127,8 @@ class EmailTask(Task):  # type: ignore[misc]
         removed again (kept with an idempotency key, which another request may
         hold: the recovery sweep publishes it). Raises QueueUnavailable.
         """
+        if not checked:
+            check_renders(request)
         settings = get_settings()
         store = current().store
         queue = options.pop("queue", None) or request.priority

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import redis
 
-from neoforge import EmailService
 from neoforge.broker import message_ids
+from neoforge.service import EmailService
 from tests.conftest import AUTH, no_email_left, wait_for_status
 from tests.smtp_server import SmtpServer
 

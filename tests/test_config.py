@@ -37,7 +37,9 @@ def test_configuration_reaches_the_app() -> None:
     assert app.conf.task_acks_late is True
     assert app.conf.worker_prefetch_multiplier == 1
     assert app.conf.accept_content == ["json"]
-    assert app.conf.result_extended and not app.conf.task_track_started
+    # No extended results: they would keep a by-name client's addresses and body in Redis.
+    assert not app.conf.result_extended and not app.conf.task_track_started
+    assert [q.name for q in app.conf.task_queues] == ["transactional", "bulk", "celery"]
     assert app.conf.worker_pool == "threads" and app.conf.worker_concurrency == 32
     # Off until Flower turns them on (tests/test_flower.py sees it do so).
     assert not app.conf.worker_send_task_events

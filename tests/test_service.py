@@ -10,7 +10,8 @@ import pytest
 from fastapi_mail import MessageSchema, MessageType
 from starlette.datastructures import Headers, UploadFile
 
-from neoforge import EmailService, InvalidEmail
+from neoforge import InvalidEmail
+from neoforge.service import EmailService
 from tests.conftest import wait_for_status
 from tests.smtp_server import SmtpServer
 

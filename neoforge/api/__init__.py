@@ -1,0 +1,112 @@
+"""The HTTP API: queue an email, read its status, check health.
+
+``routes`` (emails and batches), ``auth`` (keys, per-key limits), ``ops``
+(health, metrics), ``middleware`` (body limit, start-up check); the app is
+put together here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse, Response
+
+from neoforge.api.middleware import BodyLimit, StartupCheck
+from neoforge.api.ops import health, metrics
+from neoforge.api.routes import batches, emails, sending
+from neoforge.embedded import EmbeddedWorker
+from neoforge.errors import InvalidEmail, QueueUnavailable
+from neoforge.logs import configure_logging, log_event
+from neoforge.ratelimit import RateLimited
+from neoforge.redis_client import safe_url
+from neoforge.schemas import Health
+from neoforge.settings import get_settings
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+async def _invalid(_: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, InvalidEmail):
+        raise exc
+    detail = [{"loc": ["body", *e.loc], "msg": e.msg, "type": e.type} for e in exc.errors]
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _rate_limited(_: Request, exc: Exception) -> JSONResponse:
+    retry_after = exc.retry_after if isinstance(exc, RateLimited) else 60
+    return JSONResponse(
+        {"detail": str(exc)},
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    # The details (which Redis, which error) go to the log, not to API clients.
+    log_event(logger, "api.redis_unavailable", logging.WARNING, reason=type(exc).__name__)
+    return JSONResponse(
+        {"detail": "cannot reach Redis: try again later"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
+    )
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    """Log start-up (StartupCheck has checked settings and Redis); close connections at shutdown."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if not settings.api_keys:
+        logger.warning("API_KEYS is not set: /emails answers 503 until it is")
+    log_event(logger, "api.started", redis=safe_url(settings.redis_url))
+    embedded = EmbeddedWorker() if settings.embedded_worker else None
+    if embedded is not None:
+        embedded.start()
+    yield
+    if embedded is not None:
+        # The embedded worker's sender loop and SMTP pool end with it.
+        embedded.stop()
+    # Otherwise this process's Redis and broker connections are idle sockets,
+    # closed with the process: a worker sharing the process keeps using them.
+
+
+def create_app() -> FastAPI:
+    """The FastAPI application (settings are read at start-up, not here)."""
+    app = FastAPI(
+        title="NeoForge Mail",
+        version="0.1.0",
+        summary="Queue emails for background delivery; read their status.",
+        lifespan=lifespan,
+    )
+    app.include_router(sending)
+    app.include_router(emails)
+    app.include_router(batches)
+    app.add_api_route(
+        "/health",
+        health,
+        methods=["GET"],
+        response_model=Health,
+        tags=["ops"],
+        responses={503: {"model": Health, "description": "Redis unreachable."}},
+    )
+    app.add_api_route(
+        "/metrics",
+        metrics,
+        methods=["GET"],
+        tags=["ops"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    )
+    app.add_middleware(BodyLimit)
+    app.add_middleware(StartupCheck)
+    app.add_exception_handler(InvalidEmail, _invalid)
+    app.add_exception_handler(QueueUnavailable, _unavailable)
+    # Redis out of reach in any route is a 503; other Redis errors are defects (500).
+    app.add_exception_handler(redis.ConnectionError, _unavailable)
+    app.add_exception_handler(redis.TimeoutError, _unavailable)
+    app.add_exception_handler(RateLimited, _rate_limited)
+    return app

@@ -1,0 +1,212 @@
+"""The email routes: queue one or many, read a status, list and requeue dead letters, erase."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from starlette.concurrency import run_in_threadpool
+
+from neoforge.api.auth import Authenticated, charge_key, limit_requests
+from neoforge.bulk import queue_bulk
+from neoforge.deadletters import list_failed, requeue, requeue_all
+from neoforge.errors import EmailNotFound
+from neoforge.logs import log_event
+from neoforge.message import BulkRequest, EmailRequest
+from neoforge.runtime import current
+from neoforge.schemas import (
+    BatchQueued,
+    BatchSummary,
+    EmailPage,
+    EmailStatus,
+    Problem,
+    Purged,
+    PurgeRequest,
+    Queued,
+    Requeued,
+    RequeueFilter,
+)
+from neoforge.store.batches import batch_summary as read_batch
+from tasks import send_email
+
+__all__ = ["batches", "emails", "sending"]
+
+logger = logging.getLogger(__name__)
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No email was ever queued under this id."}
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body is not valid JSON (or not UTF-8)."},
+    401: {"model": Problem, "description": "Missing or wrong API key."},
+    413: {"model": Problem, "description": "Request body larger than API_MAX_REQUEST_BYTES."},
+    429: {
+        "model": Problem,
+        "description": "The key's requests or recipients per minute are used up; see Retry-After.",
+    },
+    503: {"model": Problem, "description": "Redis unreachable, or API_KEYS not set."},
+}
+
+
+emails = APIRouter(
+    prefix="/emails", tags=["emails"], dependencies=[Depends(limit_requests)], responses=_ERRORS
+)
+# Queueing charges the request and its recipients together, in the handler:
+# one Redis round trip per request on the hot path.
+sending = APIRouter(prefix="/emails", tags=["emails"], responses=_ERRORS)
+
+
+@sending.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Queued,
+    summary="Queue an email",
+    responses={422: {"description": "Invalid email: the detail names each bad field."}},
+)
+async def queue_email(request: EmailRequest, key: Authenticated) -> Queued:
+    """Validate and queue an email; returns its id at once. Delivery happens in a worker."""
+    # Charging, recording and publishing use blocking clients (Celery's is):
+    # one trip to the thread pool for all three, so the event loop never waits.
+    return await run_in_threadpool(_queue_one, key, request)
+
+
+def _queue_one(key: str, request: EmailRequest) -> Queued:
+    charge_key(key, requests=1, recipients=len(request.recipients()))
+    result, queued_as = send_email.queue_request(request)
+    email_id = str(result.id)
+    if queued_as is None:  # an idempotency key seen before: that email's id and status
+        record = current().store.get(email_id)
+        queued_as = record["status"] if record else "queued"
+    return Queued(id=email_id, status=queued_as)
+
+
+@sending.post(
+    "/bulk",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=BatchQueued,
+    summary="Queue one template to many recipients",
+    responses={422: {"description": "Invalid input: the detail names each bad recipient and field."}},
+)
+async def queue_bulk_emails(body: BulkRequest, key: Authenticated) -> BatchQueued:
+    """Up to 10,000 recipients, each with its own context; each becomes an email with its own status."""
+    return await run_in_threadpool(_queue_many, key, body)
+
+
+def _queue_many(key: str, body: BulkRequest) -> BatchQueued:
+    charge_key(key, requests=1, recipients=len(body.recipients))
+    batch_id, ids = queue_bulk(body)
+    return BatchQueued(batch_id=batch_id, ids=ids)
+
+
+@emails.get(
+    "/{email_id}",
+    response_model=EmailStatus,
+    summary="Status of an email",
+    responses=_NOT_FOUND,
+)
+def email_status(email_id: str) -> EmailStatus:
+    """The email's status, attempts, last error, timestamps and attempt timeline."""
+    record = current().store.get(email_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no email with this id")
+    return _status(record)
+
+
+@emails.get(
+    "",
+    response_model=EmailPage,
+    summary="List failed (dead-letter) emails",
+    responses={422: {"description": "Unsupported status filter."}},
+)
+def list_emails(
+    status_filter: Annotated[Literal["failed"], Query(alias="status", description="Only failed is listed.")],
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[
+        float | None, Query(description="Cursor from next_before of the previous page.", allow_inf_nan=False)
+    ] = None,
+) -> EmailPage:
+    """Failed emails, newest first, paged with ``before``."""
+    records, cursor = list_failed(limit, before)
+    items = [_status(record) for record in records]
+    return EmailPage(items=items, next_before=cursor)
+
+
+@emails.post(
+    "/requeue",
+    response_model=Requeued,
+    summary="Requeue all failed emails",
+)
+def requeue_failed(body: RequeueFilter) -> Requeued:
+    """Requeue every failed email, optionally only one error class or those failed before a time."""
+    before = body.failed_before.timestamp() if body.failed_before else None
+    count = requeue_all(body.error_class, before)
+    return Requeued(requeued=count)
+
+
+@emails.post(
+    "/{email_id}/requeue",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Queued,
+    summary="Requeue one failed email",
+    responses={
+        404: {"model": Problem, "description": "No email was ever queued under this id."},
+        409: {"model": Problem, "description": "The email is not failed."},
+    },
+)
+def requeue_one(email_id: str) -> Queued:
+    """Send a failed email again under the same id; attempts restart, history is kept."""
+    try:
+        done = requeue(email_id)
+    except EmailNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no email with this id") from None
+    if not done:
+        raise HTTPException(status.HTTP_409_CONFLICT, "only a failed email can be requeued")
+    return Queued(id=email_id)
+
+
+@emails.post("/purge", response_model=Purged, summary="Erase every email to an address")
+def purge_address(body: PurgeRequest) -> Purged:
+    """Delete the stored content of every email to this address (unsent ones are cancelled)."""
+    store = current().store
+    ids = store.emails_to(body.address)
+    purged = sum(1 for email_id in ids if store.purge(email_id) is not None)
+    store.forget_recipient(body.address)
+    log_event(logger, "emails.purged", count=purged)
+    return Purged(purged=purged)
+
+
+@emails.delete(
+    "/{email_id}",
+    response_model=EmailStatus,
+    summary="Delete an email's stored content",
+    responses=_NOT_FOUND,
+)
+def purge_email(email_id: str) -> EmailStatus:
+    """Delete the email's content and refused addresses; an unsent email is cancelled. The status stays."""
+    store = current().store
+    status_now = store.purge(email_id)
+    record = store.get(email_id) if status_now else None
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no email with this id")
+    log_event(logger, "email.purged", id=email_id, status=status_now)
+    return _status(record)
+
+
+batches = APIRouter(
+    prefix="/batches", tags=["emails"], dependencies=[Depends(limit_requests)], responses=_ERRORS
+)
+
+
+@batches.get("/{batch_id}", response_model=BatchSummary, summary="Progress of a bulk send",
+             responses={404: {"model": Problem, "description": "No such batch."}})  # fmt: skip
+def batch_summary(batch_id: str) -> BatchSummary:
+    """How many of the batch's emails are queued, sent, failed, ..."""
+    summary = read_batch(current().redis, batch_id)
+    if summary is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no batch with this id")
+    return BatchSummary.model_validate(summary)
+
+
+def _status(record: dict[str, Any]) -> EmailStatus:
+    return EmailStatus.model_validate({k: v for k, v in record.items() if v != ""})

@@ -1,0 +1,138 @@
+"""Each Lua script of neoforge/store/lua/, run directly against a real Redis with its documented keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from neoforge.store.keys import FAILED, METRICS, PENDING, SCHEDULED, email_key, lease_key, payload_key
+from neoforge.store.scripts import NAMES, Scripts, source
+
+
+@pytest.fixture
+def scripts(redis_client: redis.Redis) -> Scripts:
+    return Scripts(redis_client)
+
+
+def _create(
+    scripts: Scripts, email_id: str, *, idem: str = "", due: str = "", rcpt: tuple[str, ...] = ()
+) -> list[str]:
+    keys = [email_key(email_id), payload_key(email_id), idem, SCHEDULED, PENDING, METRICS, *rcpt]
+    args = [email_id, "{}", 60, due, 3600, "status", "scheduled" if due else "queued", "priority", "bulk"]
+    return [str(v) for v in scripts.create(keys=keys, args=args)]
+
+
+def test_every_script_is_documented_and_loaded() -> None:
+    for name in NAMES:
+        text = source(name)
+        assert text.startswith("--"), name
+        assert "KEYS[1]" in text and "Returns" in text, name
+
+
+def test_create_records_once_and_honours_idempotency(scripts: Scripts, redis_client: redis.Redis) -> None:
+    assert _create(scripts, "a", idem="neoforge:idem:k", rcpt=("neoforge:rcpt:x",)) == ["a", "1"]
+    assert redis_client.hget(email_key("a"), "status") == "queued"
+    assert redis_client.zscore(PENDING, "a") is not None
+    assert redis_client.hget(METRICS, "queued|bulk") == "1"
+    assert redis_client.hexists("neoforge:rcpt:x", "a")
+    # The same id again: nothing written, not counted twice.
+    assert _create(scripts, "a") == ["a", "0"]
+    assert redis_client.hget(METRICS, "queued|bulk") == "1"
+    # Another id under a key already taken: the earlier id, nothing written.
+    assert _create(scripts, "b", idem="neoforge:idem:k") == ["a", "0"]
+    assert not redis_client.exists(email_key("b"))
+    # Due later: the scheduled set, not the pending index.
+    assert _create(scripts, "c", due="2000000000") == ["c", "1"]
+    assert redis_client.zscore(SCHEDULED, "c") == 2000000000
+    assert redis_client.zscore(PENDING, "c") is None
+
+
+def _begin(scripts: Scripts, email_id: str, holder: str, break_lease: str = "") -> list[object]:
+    keys = [email_key(email_id), payload_key(email_id), lease_key(email_id), PENDING, METRICS]
+    return list(scripts.begin(keys=keys, args=["now", "w1", holder, 10_000, 1000.0, break_lease, email_id]))
+
+
+def test_begin_leases_once_and_reports_the_holder(scripts: Scripts, redis_client: redis.Redis) -> None:
+    assert _begin(scripts, "nothing", "h1") == ["missing", None, 0]
+    _create(scripts, "a")
+    first = _begin(scripts, "a", "h1")
+    assert first[0] == "sending" and first[1] == "{}" and first[2] == 1
+    second = _begin(scripts, "a", "h2")
+    assert second[0] == "leased" and second[1] == "h1"
+    # Breaking a dead holder's lease gives the next attempt.
+    third = _begin(scripts, "a", "h2", break_lease="h1")
+    assert third[0] == "sending" and third[2] == 2
+    # A sender that went away after DATA began: never sent again.
+    redis_client.hset(email_key("a"), "data_attempt", 2)
+    redis_client.delete(lease_key("a"))
+    assert _begin(scripts, "a", "h3")[0] == "unknown"
+
+
+def test_begin_expires_and_cancels(scripts: Scripts, redis_client: redis.Redis) -> None:
+    _create(scripts, "old")
+    redis_client.hset(email_key("old"), "expires_ts", "999.0")
+    assert _begin(scripts, "old", "h")[0] == "expired"
+    assert redis_client.hget(METRICS, "expired|bulk") == "1"
+    assert not redis_client.exists(payload_key("old"))
+    _create(scripts, "purged")
+    redis_client.delete(payload_key("purged"))
+    assert _begin(scripts, "purged", "h")[0] == "cancelled"
+
+
+def test_finish_new_records_failed_or_expired_once(scripts: Scripts, redis_client: redis.Redis) -> None:
+    def finish(email_id: str, index: str, counter: str) -> int:
+        keys = [email_key(email_id), f"{email_key(email_id)}:attempts", index, METRICS]
+        args = [email_id, 1000.0, json.dumps({"outcome": "x"}), counter, 3600, "status", "failed"]
+        return int(scripts.finish_new(keys=keys, args=args))
+
+    assert finish("bad", FAILED, "failed|transactional|invalid") == 1
+    assert redis_client.zscore(FAILED, "bad") == 1000.0
+    assert redis_client.ttl(email_key("bad")) > 0
+    assert finish("bad", FAILED, "failed|transactional|invalid") == 0
+    assert redis_client.hget(METRICS, "failed|transactional|invalid") == "1"
+    assert finish("late", "", "expired|transactional") == 1
+    assert redis_client.zscore(FAILED, "late") is None
+
+
+def test_requeue_only_failed_with_content(scripts: Scripts, redis_client: redis.Redis) -> None:
+    def requeue(email_id: str) -> int:
+        keys = [
+            email_key(email_id),
+            f"{email_key(email_id)}:attempts",
+            FAILED,
+            payload_key(email_id),
+            PENDING,
+        ]
+        return int(scripts.requeue(keys=keys, args=[email_id, "now", "{}"]))
+
+    _create(scripts, "a")
+    assert requeue("a") == 0  # queued, not failed
+    redis_client.hset(email_key("a"), mapping={"status": "failed", "attempts": 3, "data_attempt": 3})
+    redis_client.zadd(FAILED, {"a": 1})
+    assert requeue("a") == 1
+    record = redis_client.hgetall(email_key("a"))
+    assert record["status"] == "queued" and record["attempts"] == "0" and "data_attempt" not in record
+    assert redis_client.zscore(FAILED, "a") is None
+    redis_client.hset(email_key("a"), "status", "failed")
+    redis_client.delete(payload_key("a"))
+    assert requeue("a") == 0  # purged: nothing to send
+
+
+def test_release_and_purge(scripts: Scripts, redis_client: redis.Redis) -> None:
+    assert scripts.release(keys=[email_key("none")], args=["now"]) is None
+    _create(scripts, "s", due="1")
+    redis_client.hset(email_key("s"), mapping={"queue": "bulk", "celery": '{"link": []}'})
+    assert scripts.release(keys=[email_key("s")], args=["now"]) == ["queued", "bulk", '{"link": []}']
+    keys = [email_key("s"), payload_key("s"), PENDING, SCHEDULED, lease_key("s")]
+    assert scripts.purge(keys=keys, args=["s", "now"]) == "cancelled"
+    assert not redis_client.exists(payload_key("s"))
+    assert scripts.purge(keys=[email_key("none"), "", PENDING, SCHEDULED, ""], args=["none", "now"]) is None
+
+
+def test_charge_counts_both_and_expires(scripts: Scripts, redis_client: redis.Redis) -> None:
+    keys = ["neoforge:rate:t:1:requests", "neoforge:rate:t:1:recipients"]
+    assert scripts.charge(keys=keys, args=[1, 5]) == [1, 5]
+    assert scripts.charge(keys=keys, args=[1, 2]) == [2, 7]
+    assert 0 < redis_client.ttl(keys[0]) <= 120
