@@ -26,7 +26,7 @@ _ENTRIES = {
     "send_email": "our send_email task (all of it)",
     "send_batch": "our send_batch task (all of it)",
     "_send": "MIME build + SMTP dialogue (sender loop)",
-    "build_message": "MIME build (fastapi-mail, email package)",
+    "build": "MIME build (neoforge/mime.py, email package)",
     "Message.as_bytes": "MIME serialisation (email package)",
     "_transmit": "SMTP dialogue (aiosmtplib)",
     "store_result": "Celery result backend write",

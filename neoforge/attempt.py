@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from neoforge.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from neoforge.logs import log_event
 from neoforge.message import EmailRequest
-from neoforge.mime import build_message
+from neoforge.mime import build
 from neoforge.redact import mask_addresses
 from neoforge.retry import retry_delay
 from neoforge.runtime import Runtime
@@ -97,21 +97,13 @@ class Attempting:
 class Job(Attempting):
     """An email whose lease we hold, prepared and ready to send."""
 
-    request: EmailRequest
-    body: Rendered
+    data: bytes
     recipients: list[str]
     held: list[dict[str, Any]]
     deadline: float
 
     async def send(self, runtime: Runtime, bulk: bool = False) -> Accepted:
-        """Build the MIME message and hand it to the SMTP server (on the sender loop)."""
-        try:
-            message = await build_message(self.email_id, self.request, self.body, runtime.settings)
-            data = message.as_bytes()
-        except (ValidationError, ValueError) as exc:
-            raise PermanentDeliveryError(
-                f"message cannot be built: {type(exc).__name__}", None, "bad_message"
-            ) from exc
+        """Hand the message to the SMTP server (on the sender loop)."""
         store, email_id, number = runtime.store, self.email_id, self.number
 
         async def mark_data() -> None:
@@ -120,7 +112,7 @@ class Job(Attempting):
             await asyncio.to_thread(store.mark_data_started, email_id, number)
 
         timeout = max(0.5, self.deadline - time.monotonic())
-        return await deliver(runtime.sender.pool, runtime.settings.smtp_from, data, self.recipients,
+        return await deliver(runtime.sender.pool, runtime.settings.smtp_from, self.data, self.recipients,
                              timeout, bulk, mark_data)  # fmt: skip
 
 
@@ -155,14 +147,14 @@ def begin(runtime: Runtime, email_id: str, worker: str, deadline: float | None =
     deadline = deadline if deadline is not None else time.monotonic() + budget(settings)
     attempting = Attempting(email_id, taken.number, taken.created, taken.priority, worker)
     try:
-        request, body, recipients, held = _prepare(taken.payload, settings)
+        data, recipients, held = _prepare(email_id, taken.payload, settings)
     except PermanentDeliveryError as exc:
         return _finish_failed(store, attempting, exc)
     except Exception as exc:  # a defect of ours: this email only
         logger.exception("email.internal_error id=%s", email_id)
         return _finish_internal(store, attempting, exc)
     return Job(email_id, taken.number, taken.created, taken.priority, worker, attempting.started,
-               attempting.t0, request=request, body=body, recipients=recipients, held=held,
+               attempting.t0, data=data, recipients=recipients, held=held,
                deadline=deadline)  # fmt: skip
 
 
@@ -252,21 +244,26 @@ def run_many(
 
 
 def _prepare(
-    payload: str, settings: Settings
-) -> tuple[EmailRequest, Rendered, list[str], list[dict[str, Any]]]:
-    """The request, its rendered body, the envelope recipients and those held back by policy."""
+    email_id: str, payload: str, settings: Settings
+) -> tuple[bytes, list[str], list[dict[str, Any]]]:
+    """The MIME message's bytes, the envelope recipients and those held back by policy.
+
+    Built in the calling thread, not on the sender loop: the loop carries
+    every dialogue of the process and must not wait for CPU work.
+    """
     try:
         request = EmailRequest.model_validate_json(payload)
         body = render(request.template, request.context) if request.template is not None else Rendered(
             html=request.html, text=request.text)  # fmt: skip
-    except (ValidationError, jinja2.TemplateError, ValueError) as exc:
+        data = build(email_id, request, body, settings).as_bytes()
+    except (ValidationError, jinja2.TemplateError, ValueError, TypeError, LookupError) as exc:
         raise PermanentDeliveryError(
             f"message cannot be built: {type(exc).__name__}", None, "bad_message"
         ) from exc
     recipients, held = envelope(request.recipients(), settings)
     if not recipients:
         raise PermanentDeliveryError("no recipient in EMAIL_ALLOWED_DOMAINS", None, "not_allowed")
-    return request, body, recipients, held
+    return data, recipients, held
 
 
 def persist(write: Callable[[], None], seconds: float = 30.0) -> None:

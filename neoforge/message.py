@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -14,16 +15,24 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    EmailStr,
     Field,
     field_validator,
     model_validator,
 )
 
+from neoforge.addresses import Mailbox, check_mailbox, parse_mailbox
 from neoforge.settings import get_settings
 from neoforge.templates import template_exists
 
-__all__ = ["ALLOWED_HEADERS", "Attachment", "BulkRecipient", "BulkRequest", "DateTimeText", "EmailRequest"]
+__all__ = [
+    "ALLOWED_HEADERS",
+    "Attachment",
+    "BulkRecipient",
+    "BulkRequest",
+    "DateTimeText",
+    "EmailRequest",
+    "Mailbox",
+]
 
 # Headers a caller may set. Everything that changes who gets the mail or how it
 # is parsed (From, To, Cc, Bcc, Return-Path, Content-*, MIME-Version, ...) is
@@ -41,7 +50,15 @@ ALLOWED_HEADERS = frozenset(
 )
 _X_HEADER = re.compile(r"^X-[A-Za-z0-9][A-Za-z0-9-]{0,76}$")
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$")
+_MIME_TYPE = re.compile(r"^\s*([a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63})\s*", re.I)
+# One "; name=value" of a Content-Type, the value a token or a quoted string.
+_PARAMETER = re.compile(
+    r';\s*([a-z0-9!#$&^_.+-]{1,64})=([a-z0-9!#$%&\'*+.^_`{|}~-]{1,200}|"(?:[^"\\]|\\.){0,200}")\s*', re.I
+)
+_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`{|}~-]+$")
+# The left part of a Content-ID (RFC 2392), optionally with "@domain"; the HTML
+# refers to it as cid:VALUE.
+_CONTENT_ID = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,200}(?:@[A-Za-z0-9.-]{1,200})?$")
 
 
 # Every control character but tab: besides CR and LF, the email package also
@@ -56,10 +73,14 @@ def _single_line(value: str) -> str:
     return value
 
 
-def _ascii_address(value: str) -> str:
-    if not value.isascii():
+def _mailbox(value: str) -> str:
+    # Stored as given (normalized): "address" or "Name <address>"; the
+    # envelope takes the address alone (EmailRequest.recipients).
+    _single_line(value)
+    mailbox = check_mailbox(value, get_settings().email_allow_special_domains)
+    if not mailbox.address.isascii():
         raise ValueError("non-ASCII addresses are not supported")
-    return value
+    return str(mailbox)
 
 
 def _not_a_number(value: object) -> object:
@@ -69,9 +90,40 @@ def _not_a_number(value: object) -> object:
     return value
 
 
+def _parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    match = _MIME_TYPE.match(value)
+    if not match:
+        raise ValueError("must be a MIME type such as application/pdf")
+    parameters: dict[str, str] = {}
+    position = match.end()
+    while position < len(value):
+        parameter = _PARAMETER.match(value, position)
+        if parameter is None:
+            raise ValueError("parameters must be ; name=value, such as text/csv; charset=utf-8")
+        name, raw = parameter.group(1).lower(), parameter.group(2)
+        if name in parameters:
+            raise ValueError(f"parameter {name} is given twice")
+        if raw.startswith('"'):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        if not raw.isascii():
+            raise ValueError("parameter values must be ASCII")
+        parameters[name] = raw.lower() if name == "charset" else raw
+        position = parameter.end()
+    if len(parameters) > 10:
+        raise ValueError("at most 10 parameters")
+    return match.group(1).lower(), parameters
+
+
+def _quote(value: str) -> str:
+    if _TOKEN.match(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 SingleLine = Annotated[str, AfterValidator(_single_line)]
 DateTimeText = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
-Address = Annotated[EmailStr, AfterValidator(_ascii_address)]
+# An address, or a display name and an address ("Zoë Ünïcode <zoe@example.com>").
+Address = Annotated[str, AfterValidator(_mailbox)]
 
 
 class Attachment(BaseModel):
@@ -83,7 +135,15 @@ class Attachment(BaseModel):
         min_length=1, max_length=255, description="File name shown to the recipient."
     )
     content: str = Field(description="The file's bytes, base64-encoded.")
-    content_type: str = Field("application/octet-stream", description="MIME type, e.g. application/pdf.")
+    content_type: SingleLine = Field(
+        "application/octet-stream",
+        description="MIME type, with parameters if needed: application/pdf, text/csv; charset=iso-8859-1 "
+        "(text/* without a charset is sent as utf-8).",
+    )
+    content_id: str | None = Field(
+        None,
+        description='Content-ID for an inline image: the HTML shows it as <img src="cid:VALUE">.',
+    )
 
     @field_validator("filename")
     @classmethod
@@ -104,9 +164,36 @@ class Attachment(BaseModel):
     @field_validator("content_type")
     @classmethod
     def _mime(cls, value: str) -> str:
-        if not _MIME_TYPE.match(value.lower()):
-            raise ValueError("must be a MIME type such as application/pdf")
-        return value.lower()
+        mime_type, parameters = _parse_content_type(value)
+        if mime_type.startswith(("multipart/", "message/")):
+            # Neither may be base64-encoded (RFC 2045 6.4, RFC 2046 5.2.1).
+            raise ValueError(f"{mime_type} cannot be sent as an attachment; use application/octet-stream")
+        for name, parameter in parameters.items():
+            if name in {"boundary", "name", "filename"}:
+                raise ValueError(f"parameter {name} is ours to write")
+            if name == "charset":
+                try:
+                    codecs.lookup(parameter)
+                except LookupError as exc:
+                    raise ValueError(f"unknown charset {parameter!r}") from exc
+        return "; ".join([mime_type, *(f"{name}={_quote(v)}" for name, v in parameters.items())])
+
+    @field_validator("content_id")
+    @classmethod
+    def _content_id(cls, value: str | None) -> str | None:
+        if value is not None and not _CONTENT_ID.match(value):
+            raise ValueError("must be a Content-ID such as logo or logo@example.com, without <>")
+        return value
+
+    @property
+    def mime_type(self) -> str:
+        """The type without parameters, e.g. text/csv."""
+        return _parse_content_type(self.content_type)[0]
+
+    @property
+    def parameters(self) -> dict[str, str]:
+        """The content type's parameters (names in lower case), e.g. {"charset": "iso-8859-1"}."""
+        return _parse_content_type(self.content_type)[1]
 
     def data(self) -> bytes:
         """The decoded file content."""
@@ -124,10 +211,13 @@ class EmailRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    to: list[Address] = Field(min_length=1, description="Recipients (To:).")
+    to: list[Address] = Field(
+        min_length=1, description='Recipients (To:), each "address" or "Display Name <address>".'
+    )
     cc: list[Address] = Field(default_factory=list, description="Copy recipients (Cc:).")
     bcc: list[Address] = Field(
-        default_factory=list, description="Blind-copy recipients: in the envelope only."
+        default_factory=list,
+        description="Blind-copy recipients: in the envelope only (no display name used).",
     )
     reply_to: list[Address] = Field(default_factory=list, description="Reply-To: addresses.")
     subject: SingleLine = Field(min_length=1, max_length=998, description="Subject line.")
@@ -199,6 +289,9 @@ class EmailRequest(BaseModel):
         limit = get_settings().email_max_attachments_bytes
         if sum(item.size for item in value) > limit:
             raise ValueError(f"total size is larger than {limit} bytes")
+        content_ids = [item.content_id for item in value if item.content_id is not None]
+        if len(content_ids) != len(set(content_ids)):
+            raise ValueError("two attachments have the same content_id")
         return value
 
     @model_validator(mode="after")
@@ -224,8 +317,13 @@ class EmailRequest(BaseModel):
         return self
 
     def recipients(self) -> list[str]:
-        """Every envelope recipient: to, cc and bcc, each once."""
-        return list(dict.fromkeys([*self.to, *self.cc, *self.bcc]))
+        """Every envelope recipient: to, cc and bcc, each once, as bare addresses."""
+        return list(dict.fromkeys(parse_mailbox(value).address for value in [*self.to, *self.cc, *self.bcc]))
+
+    def mailboxes(self, field: Literal["to", "cc", "reply_to"]) -> list[Mailbox]:
+        """The addresses of FIELD with their display names, for the message's headers."""
+        values: list[str] = getattr(self, field)
+        return [parse_mailbox(value) for value in values]
 
 
 class BulkRecipient(BaseModel):

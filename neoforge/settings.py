@@ -6,9 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import EmailStr, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from neoforge.addresses import check_domain_suffix, check_mailbox
 from neoforge.errors import ConfigurationError
 
 __all__ = ["Settings", "get_settings"]
@@ -33,7 +34,15 @@ class Settings(BaseSettings):
     smtp_starttls: bool = True
     smtp_ssl_tls: bool = False
     smtp_validate_certs: bool = True
-    smtp_from: EmailStr = "noreply@example.com"
+    # Domains that are not globally deliverable and yet accepted, as a comma-
+    # separated list of suffixes: "local" admits corp.local (and local itself),
+    # "test" admits *.test. Special-use names (.local, .test, .localhost,
+    # .invalid, .onion, .arpa) and names without a dot are refused for
+    # recipients, SMTP_FROM and EMAIL_REDIRECT_TO unless listed here; names
+    # such as corp.internal or corp.example need no entry. Default: none.
+    # (Declared before SMTP_FROM, whose check reads it.)
+    email_allow_special_domains: Annotated[list[str], NoDecode] = []
+    smtp_from: str = "noreply@example.com"
     smtp_from_name: str = "NeoForge"
     smtp_timeout: float = Field(30.0, gt=0)
     # Sending SMTP_PASSWORD over a connection without TLS is refused unless this
@@ -47,7 +56,7 @@ class Settings(BaseSettings):
     api_rate_limit_recipients: int = Field(5000, ge=1)  # per key and minute
 
     # Staging safety: send everything to one address, or only to these domains.
-    email_redirect_to: EmailStr | None = None
+    email_redirect_to: str | None = None
     email_allowed_domains: Annotated[list[str], NoDecode] = []
 
     # Retries: exponential backoff with jitter, capped.
@@ -96,7 +105,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("api_keys", "email_allowed_domains", mode="before")
+    @field_validator("api_keys", "email_allowed_domains", "email_allow_special_domains", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -107,6 +116,19 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_domains(cls, value: list[str]) -> list[str]:
         return [domain.lower().lstrip("@") for domain in value]
+
+    @field_validator("email_allow_special_domains")
+    @classmethod
+    def _special_domains(cls, value: list[str]) -> list[str]:
+        return [check_domain_suffix(suffix) for suffix in value]
+
+    @field_validator("smtp_from", "email_redirect_to")
+    @classmethod
+    def _address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        special = info.data.get("email_allow_special_domains", [])
+        return check_mailbox(value, special, display_name=False).address
 
     @field_validator("smtp_from_name")
     @classmethod

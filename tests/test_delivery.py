@@ -197,7 +197,7 @@ def test_transactional_mail_never_waits_for_bulk_connections(
 ) -> None:
     """Bulk may hold 4 of 5 connections; a transactional email gets the fifth at once."""
     from neoforge.message import EmailRequest
-    from neoforge.mime import build_message
+    from neoforge.mime import build
     from neoforge.runtime import current
     from neoforge.smtp import deliver
     from neoforge.templates import Rendered
@@ -208,7 +208,7 @@ def test_transactional_mail_never_waits_for_bulk_connections(
 
     def message(name: str) -> bytes:
         request = EmailRequest(to=[f"{name}@example.com"], subject=name, text="x")
-        return rt.run(build_message(name, request, Rendered(html=None, text="x"), rt.settings)).as_bytes()
+        return build(name, request, Rendered(html=None, text="x"), rt.settings).as_bytes()
 
     for i in range(6):
         smtp_server.handler.rcpt_delays[f"bulk{i}@example.com"] = 1.5

@@ -157,7 +157,7 @@ _PART_HEADERS = frozenset(
     {"content-type", "content-transfer-encoding", "content-disposition", "mime-version"}
 )
 _FIELD = re.compile(rb"^([!-9;-~]+):")  # a header field name (RFC 5322 ftext) right before its colon
-_MESSAGE_ID = re.compile(rb"Message-ID:\s*<[^>]*\.([0-9a-f-]{36})@", re.IGNORECASE)
+_MESSAGE_ID = re.compile(rb"Message-ID:\s*<(?:[^>]*\.)?([0-9a-f-]{36})@", re.IGNORECASE)
 
 # CR, LF and NUL in anything that ends up in the message head: refused (README: InvalidEmail).
 _REFUSED: list[dict[str, Any]] = [
@@ -189,9 +189,15 @@ def _crafted(fields: dict[str, Any]) -> Case[Any]:
     return case
 
 
-def _public(address: str) -> str:
-    """ADDRESS with its local part kept and a public domain (email-validator refuses .test, .local, ...)."""
-    local, _, domain = address.rpartition("@")
+def _public(address: str, index: int) -> str:
+    """ADDRESS with its local part kept and a public domain (email-validator refuses .test, .local, ...).
+
+    The schema says only "string" (an address may carry a display name), so a
+    generated value may have no "@" at all: then a plain address stands in.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return f"fuzz{index}@example.com"
     return f"{local}@{domain.rsplit('.', 1)[0]}.com"
 
 
@@ -209,7 +215,7 @@ def _deliverable(case: Case[Any]) -> Case[Any]:
         body["text"] = body["subject"]
     body["headers"] = {f"X-Fuzz-{i}": value for i, value in enumerate(body.get("headers", {}).values())}
     for name, most in (("to", 20), ("cc", 15), ("bcc", 15), ("reply_to", 5)):
-        body[name] = [_public(address) for address in body.get(name, [])[:most]]
+        body[name] = [_public(address, i) for i, address in enumerate(body.get(name, [])[:most])]
     body["attachments"] = [
         {"filename": item["filename"], "content": base64.b64encode(str(item["content"]).encode()).decode()}
         for item in body.get("attachments", [])
