@@ -10,7 +10,7 @@ import redis
 
 from neoforge.store.keys import email_key
 
-__all__ = ["UNACKED", "message_ids", "published_at"]
+__all__ = ["UNACKED", "message_ids", "published_at", "routing_key"]
 
 UNACKED = "unacked"  # kombu's Redis transport default (Channel.unacked_key)
 
@@ -35,6 +35,14 @@ def message_ids(raw: Any) -> list[str]:
         return [str(email_id) for email_id in json.loads(body)[0][0]]
     except (ValueError, KeyError, IndexError, TypeError):
         return []
+
+
+def routing_key(raw: Any) -> str | None:
+    """The queue an unacknowledged kombu entry (``[message, exchange, routing_key]``) came from."""
+    try:
+        return str(json.loads(raw)[2])
+    except (ValueError, IndexError, TypeError):
+        return None
 
 
 def published_at(client: redis.Redis, email_id: str) -> float | None:

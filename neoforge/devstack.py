@@ -8,6 +8,8 @@ replace the embedded Redis or mail catcher.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import secrets
@@ -31,15 +33,24 @@ __all__ = ["DevStack"]
 logger = logging.getLogger(__name__)
 
 
-def _http_ok(url: str, auth: tuple[str, str] | None = None) -> bool:
+def _get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
     request = urllib.request.Request(url)  # noqa: S310 - our own loopback URL
     if auth:
-        import base64
-
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
-        return bool(response.status == 200)
+        return int(response.status), response.read()
+
+
+def _http_ok(url: str, auth: tuple[str, str] | None = None) -> bool:
+    return _get(url, auth)[0] == 200
+
+
+def _flower_sees(flower: str, auth: tuple[str, str], hostname_prefix: str) -> bool:
+    """True once Flower has received events from our worker (its worker list comes from events)."""
+    status, body = _get(f"{flower}/workers?json=1", auth)
+    workers = json.loads(body).get("data", []) if status == 200 else []
+    return any(str(w.get("hostname", "")).startswith(hostname_prefix) for w in workers)
 
 
 @dataclass
@@ -107,11 +118,14 @@ class DevStack:
         flower_user, flower_password = "admin", secrets.token_urlsafe(16)
         env["FLOWER_BASIC_AUTH"] = f"{flower_user}:{flower_password}"
 
+        # Task events on from the start (-E), so Flower lists every task, the
+        # first one included; production leaves them to Flower to turn on.
+        # No -Q: the worker consumes every queue the app routes to.
+        worker_name = f"dev-worker-{os.getpid()}@"
         self._child(
             "worker",
-            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel", "INFO",
-             "--concurrency", str(self.concurrency), "-Q", "transactional,bulk",
-             "--hostname", f"dev-worker-{os.getpid()}@%h"],
+            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel", "INFO", "-E",
+             "--concurrency", str(self.concurrency), "--hostname", f"{worker_name}%h"],
             env, logs,
         )  # fmt: skip
         flower_port = free_port(self.flower_port)
@@ -131,6 +145,10 @@ class DevStack:
         flower = f"http://127.0.0.1:{flower_port}"
         wait_until(lambda: _http_ok(f"{api}/health"), 60, "API")
         wait_until(lambda: _http_ok(f"{flower}/healthcheck"), 60, "Flower")
+        # The banner only once Flower receives the worker's events: a first email
+        # sent right after it shows in Flower's task list.
+        wait_until(lambda: _flower_sees(flower, (flower_user, flower_password), worker_name), 60,
+                   "Flower receiving the worker's events")  # fmt: skip
 
         smtp = f"{env['SMTP_HOST']}:{env.get('SMTP_PORT', '')}"
         print(

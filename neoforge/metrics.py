@@ -9,7 +9,6 @@ letters, and the workers' heartbeats.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from neoforge.broker import UNACKED, message_ids, published_at
+from neoforge.broker import UNACKED, message_ids, published_at, routing_key
 from neoforge.store import DURATION_BUCKETS, LATENCY_BUCKETS
 from neoforge.store.keys import FAILED, LATENCY, METRICS, SCHEDULED, SEND_DURATION, WORKERS
 
@@ -72,12 +71,7 @@ class _Collector(Collector):
             gauge.add_metric([queue], float(length))
         yield gauge
 
-        in_hand: Counter[str] = Counter()
-        for raw in unacked_raw:
-            try:
-                in_hand[str(json.loads(raw)[2])] += 1  # [message, exchange, routing_key]
-            except (ValueError, IndexError, TypeError):
-                continue
+        in_hand: Counter[str] = Counter(key for raw in unacked_raw if (key := routing_key(raw)) is not None)
         gauge = GaugeMetricFamily(
             "neoforge_queue_unacked",
             "Messages taken by workers and not yet acknowledged: in progress, prefetched, or a retry "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -67,6 +68,18 @@ def test_dev_brings_everything_up_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 202
             email_id = json.loads(response.read())["id"]
+
+        # The first email after the banner is in Flower's task list (events were on from the start).
+        auth = base64.b64encode(f"{flower.group(2)}:{flower.group(3)}".encode()).decode()
+
+        def in_flower() -> bool:
+            listing = urllib.request.Request(
+                f"{flower.group(1)}/api/tasks", headers={"Authorization": f"Basic {auth}"}
+            )
+            with urllib.request.urlopen(listing, timeout=5) as answer:
+                return email_id in json.loads(answer.read())
+
+        wait_until(in_flower, 20, "the first email in Flower's task list")
 
         mail = tmp_path / "data" / "mail"
         wait_until(lambda: any(mail.glob("*.eml")), 60, "the caught email")
