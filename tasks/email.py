@@ -107,10 +107,13 @@ class EmailTask(Task):  # type: ignore[misc]
         # In a chain, the previous task's result comes first: it is not part of this email.
         if any(not isinstance(arg, dict | list | tuple) and arg is not None for arg in args or ()):
             raise TypeError("send_email takes keyword arguments only: send_email.delay(to=[...], ...)")
+        request = validate(fields)
         expires = options.pop("expires", None)
-        if expires is not None and "expires_at" not in fields:
-            fields["expires_at"] = _expires_at(expires)
-        result, _ = self.queue_request(validate(fields), checked=True, **options)
+        if expires is not None and request.expires_at is None:
+            # Celery's meaning: never run after this. Already past (a race, or
+            # on purpose) is not bad input: the worker ends it expired, unsent.
+            request = request.model_copy(update={"expires_at": _expires_at(expires)})
+        result, _ = self.queue_request(request, checked=True, **options)
         return result
 
     def queue_request(
