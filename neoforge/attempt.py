@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import jinja2
 import redis
 from pydantic import ValidationError
 
-from neoforge.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from neoforge.errors import DeliveryError, PermanentDeliveryError, SetupError, TransientDeliveryError
 from neoforge.logs import log_event
 from neoforge.message import EmailRequest
 from neoforge.mime import build
@@ -127,6 +128,10 @@ def begin(runtime: Runtime, email_id: str, worker: str, deadline: float | None =
     """Take EMAIL_ID's lease and prepare it: a Job to send, or the Outcome if there is nothing to send."""
     settings, store = runtime.settings, runtime.store
     try:
+        paused = runtime.breaker.wait_for()
+        if paused > 0:
+            # Sending is paused (a setup failure): wait, attempt nothing, count nothing.
+            return Outcome("busy", email_id, status="paused", delay=_spread(paused))
         taken = take(store, email_id, worker, settings.email_task_time_limit + 5)
         if taken.status == "unknown":
             _record_lost_in_data(store, email_id, taken.number, worker)
@@ -164,7 +169,16 @@ def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outc
     try:
         if isinstance(result, Accepted):
             _record_success(store, job, result)
+            runtime.breaker.succeeded()
             return Outcome("sent", job.email_id, job.number, "sent")
+        if isinstance(result, SetupError):
+            left = runtime.breaker.trip(result)
+            next_at = iso(datetime.now(UTC) + timedelta(seconds=left))
+            entry = job.entry(
+                "paused", error=str(result), smtp_code=result.code, error_class=result.error_class
+            )
+            persist(lambda: store.mark_paused(job.email_id, entry, next_at))
+            return Outcome("busy", job.email_id, job.number, "paused", delay=_spread(left), error=result)
         if isinstance(result, TransientDeliveryError):
             if job.number > settings.email_max_retries:
                 return _finish_failed(store, job, result, reason="retries exhausted")
@@ -264,6 +278,11 @@ def _prepare(
     if not recipients:
         raise PermanentDeliveryError("no recipient in EMAIL_ALLOWED_DOMAINS", None, "not_allowed")
     return data, recipients, held
+
+
+def _spread(seconds: float) -> float:
+    """SECONDS plus up to a tenth more, so waiting emails do not all come back at once."""
+    return seconds + random.random() * max(0.5, seconds / 10)
 
 
 def persist(write: Callable[[], None], seconds: float = 30.0) -> None:

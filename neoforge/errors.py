@@ -9,27 +9,53 @@ The whole tree::
     ├── QueueUnavailable         Redis (broker or status store) cannot be reached
     └── DeliveryError            the SMTP server did not take the message
         ├── TransientDeliveryError   worth retrying: 4xx, connection, timeout
-        └── PermanentDeliveryError   not worth retrying: 5xx, refused recipients, bad message
+        ├── PermanentDeliveryError   not worth retrying: 5xx, refused recipients, bad message
+        └── SetupError               the server cannot be used as configured: sending pauses
 
-Transient versus permanent decides retry versus dead letter, so delivery code
-raises one of the two leaves, never the bare ``DeliveryError``.
+Transient versus permanent versus setup decides retry, dead letter or pause,
+so delivery code raises one of the leaves, never the bare ``DeliveryError``.
+Every failure also carries one ``ErrorClass``, the label operators group and
+requeue by.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 __all__ = [
     "ConfigurationError",
     "DeliveryError",
     "EmailNotFound",
+    "ErrorClass",
     "FieldError",
     "InvalidEmail",
     "NeoforgeError",
     "PermanentDeliveryError",
     "QueueUnavailable",
+    "SetupError",
     "TransientDeliveryError",
 ]
+
+
+class ErrorClass(StrEnum):
+    """Why an attempt failed: the ``error_class`` of statuses, dead letters, metrics and requeue filters."""
+
+    SMTP_4XX = "smtp_4xx"  # any 4xx reply, RCPT-time included (greylisting, mailbox busy): retried
+    RECIPIENT_REJECTED = "recipient_rejected"  # 5xx for a recipient at RCPT: that recipient fails
+    SMTP_5XX = "smtp_5xx"  # 5xx at MAIL or DATA: the email fails
+    AUTH = "auth"  # login refused, or AUTH not offered: sending pauses
+    TLS = "tls"  # certificate, hostname, handshake, or STARTTLS not offered: sending pauses
+    CONNECTION = "connection"  # refused, reset or dropped before DATA: retried
+    TIMEOUT = "timeout"  # a command or the attempt timed out before DATA: retried
+    SIZE = "size"  # larger than EMAIL_MAX_MESSAGE_BYTES or the server's SIZE, or 552: fails
+    INVALID = "invalid"  # not a valid email (fields a client published, a message we cannot build)
+    OUTCOME_UNKNOWN = "outcome_unknown"  # lost after DATA began: EMAIL_UNKNOWN_OUTCOME decides
+    INTERNAL = "internal"  # a defect of ours: fails, requeue once fixed
+    TIME_LIMIT = "time_limit"  # prefork's hard time limit killed the attempt: fails
+    NOT_ALLOWED = "not_allowed"  # no recipient left by EMAIL_ALLOWED_DOMAINS: fails
+    EXPIRED = "expired"  # expires_at passed before it could be sent
+    CANCELLED = "cancelled"  # its content was deleted before it was sent
 
 
 class NeoforgeError(Exception):
@@ -68,9 +94,7 @@ class QueueUnavailable(NeoforgeError):
 class DeliveryError(NeoforgeError):
     """Raised when the SMTP server did not take a message; ``code`` is its reply code, if any.
 
-    ``error_class`` is a short label for grouping failures: ``smtp_4xx``,
-    ``smtp_5xx``, ``recipients_refused``, ``connection``, ``timeout``,
-    ``outcome_unknown``, ``bad_message``.
+    ``error_class`` is one of ``ErrorClass``, the label for grouping failures.
     """
 
     def __init__(self, message: str, code: int | None = None, error_class: str = "smtp") -> None:
@@ -88,3 +112,7 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Raised for failures not worth retrying: SMTP 5xx, every recipient refused, bad message."""
+
+
+class SetupError(DeliveryError):
+    """Raised when the SMTP server cannot be used as configured (login, TLS): sending pauses, emails wait."""

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from neoforge.breaker import Breaker
 from neoforge.redis_client import connect
 from neoforge.settings import Settings, get_settings
 from neoforge.smtp.pool import Pool, bulk_connections
@@ -80,6 +81,7 @@ class Runtime:
         self.settings = settings
         self.redis: redis.Redis = connect(settings.redis_url, settings.redis_tls_ca_file)
         self.store = StatusStore(self.redis, settings.email_status_ttl)
+        self.breaker = Breaker(self.redis, self.store.scripts, settings)
         # A few bulk batches at a time per process, enough to fill bulk mail's
         # share of the SMTP connections.
         gate_size = max(1, bulk_connections(settings) // settings.email_bulk_batch_size)

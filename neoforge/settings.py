@@ -48,6 +48,17 @@ class Settings(BaseSettings):
     # Sending SMTP_PASSWORD over a connection without TLS is refused unless this
     # is set (for a local mail catcher only).
     smtp_allow_plaintext_auth: bool = False
+    # A setup failure (login refused, TLS failure) pauses sending for every
+    # worker: first for SMTP_PAUSE_SECONDS, doubling while probes keep failing,
+    # up to SMTP_PAUSE_MAX_SECONDS. Emails wait; none is dead-lettered for it.
+    smtp_pause_seconds: float = Field(30.0, gt=0)
+    smtp_pause_max_seconds: float = Field(600.0, gt=0)
+    # A connection lost after DATA began: "retry" (at least once, as mail
+    # servers behave; a rare duplicate) or "dead_letter" (never twice; a
+    # person requeues).
+    email_unknown_outcome: Literal["retry", "dead_letter"] = "retry"
+    # The largest encoded message (headers, bodies, attachments as sent).
+    email_max_message_bytes: int = Field(10_000_000, ge=10_000)
 
     # HTTP API
     api_keys: Annotated[list[str], NoDecode] = []

@@ -29,7 +29,7 @@ def test_bulk_send_per_recipient_status(api: Any, smtp_server: SmtpServer) -> No
     assert len(ids) == len(set(ids)) == 40
     for email_id in ids:
         wait_for_status(email_id, {"sent", "failed"}, timeout=60)
-    assert wait_for_status(ids[7], {"failed"})["error_class"] == "recipients_refused"
+    assert wait_for_status(ids[7], {"failed"})["error_class"] == "recipient_rejected"
     summary = api.get(f"/batches/{batch_id}", headers=AUTH).json()
     assert summary["total"] == 40 and summary["counts"] == {"sent": 39, "failed": 1}
     received = {m.rcpt_tos[0]: m.message for m in smtp_server.handler.messages}

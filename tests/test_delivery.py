@@ -146,7 +146,7 @@ def test_every_recipient_refused_is_permanent(smtp_server: SmtpServer) -> None:
     result = send_email.delay(to=["nobody@example.com"], subject="nobody", text="x")
     record = wait_for_status(result.id, {"failed"})
     assert record["attempts"] == 1
-    assert record["error_class"] == "recipients_refused"
+    assert record["error_class"] == "recipient_rejected"
     # The address in the server's reply is masked in the stored error.
     assert "nobody@example.com" not in record["last_error"]
     assert "n***@example.com" in record["last_error"]

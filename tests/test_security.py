@@ -96,9 +96,11 @@ def test_password_never_sent_without_tls(smtp_server: SmtpServer, settings_env: 
 
     settings_env(SMTP_USER="mailer", SMTP_PASSWORD="s3cret-password", SMTP_STARTTLS="false")
     email_id = send_email.delay(**_email(subject="plain auth")).id
-    record = wait_for_status(email_id, {"failed"})
-    assert record["error_class"] == "bad_config"
+    # A setup problem: sending pauses and the email waits (no attempt counted), never a dead letter.
+    record = wait_for_status(email_id, {"retrying"})
+    assert record["error_class"] == "tls"
     assert "without TLS" in record["last_error"]
+    assert record["attempts"] == 0
     assert smtp_server.handler.by_subject("plain auth") == []
 
 

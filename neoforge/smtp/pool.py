@@ -7,7 +7,7 @@ import time
 
 import aiosmtplib
 
-from neoforge.errors import PermanentDeliveryError
+from neoforge.errors import ErrorClass, SetupError
 from neoforge.settings import Settings
 
 __all__ = ["Pool", "bulk_connections"]
@@ -49,11 +49,11 @@ class Pool:
             if s.smtp_user and s.smtp_password:
                 encrypted = smtp.get_transport_info("sslcontext") is not None
                 if not encrypted and not s.smtp_allow_plaintext_auth:
-                    raise PermanentDeliveryError(
+                    raise SetupError(
                         "refusing to send SMTP_PASSWORD over a connection without TLS (set SMTP_STARTTLS "
                         "or SMTP_SSL_TLS; SMTP_ALLOW_PLAINTEXT_AUTH only for a local catcher)",
                         None,
-                        "bad_config",
+                        ErrorClass.TLS,
                     )
                 await smtp.login(s.smtp_user, s.smtp_password.get_secret_value())
         except BaseException:

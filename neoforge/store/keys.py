@@ -17,6 +17,7 @@ Keys (all under ``neoforge:``):
 - ``workers``              sorted set: worker host names by last heartbeat
 - ``rate:{sha256}:{minute}:requests|recipients``  per API key counters
 - ``scheduler:lock``, ``recovery:lock``  one sweeper at a time
+- ``smtp:paused``, ``smtp:probe``  sending paused after a setup failure, and who probes the server
 
 kombu's own keys (queues, ``unacked``) are read in neoforge/broker.py only.
 """
@@ -35,6 +36,8 @@ __all__ = [
     "SCHEDULED",
     "SCHEDULER_LOCK",
     "SEND_DURATION",
+    "SMTP_PAUSED",
+    "SMTP_PROBE",
     "WORKERS",
     "attempts_key",
     "batch_emails_key",
@@ -57,6 +60,8 @@ SEND_DURATION = f"{PREFIX}metrics:send_duration"
 WORKERS = f"{PREFIX}workers"
 SCHEDULER_LOCK = f"{PREFIX}scheduler:lock"
 RECOVERY_LOCK = f"{PREFIX}recovery:lock"
+SMTP_PAUSED = f"{PREFIX}smtp:paused"
+SMTP_PROBE = f"{PREFIX}smtp:probe"
 
 
 def email_key(email_id: str) -> str:

@@ -202,6 +202,24 @@ class StatusStore:
             pipe.delete(lease_key(email_id))
             pipe.execute()
 
+    def mark_paused(self, email_id: str, attempt: Attempt, next_attempt_at: str) -> None:
+        """Sending is paused (a setup failure): the email waits; this attempt does not count."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.rpush(attempts_key(email_id), as_json(attempt))
+            pipe.hincrby(email_key(email_id), "attempts", -1)
+            pipe.hset(
+                email_key(email_id),
+                mapping={
+                    "status": "retrying",
+                    "updated_at": attempt["finished_at"],
+                    "last_error": attempt["error"],
+                    "error_class": attempt["error_class"],
+                    "next_attempt_at": next_attempt_at,
+                },
+            )
+            pipe.delete(lease_key(email_id))
+            pipe.execute()
+
     def mark_sent(
         self, email_id: str, attempt: Attempt, refused: list[dict[str, Any]], priority: str, latency: float
     ) -> None:

@@ -10,7 +10,7 @@ from redis.commands.core import Script
 
 __all__ = ["NAMES", "Scripts", "source"]
 
-NAMES = ("begin", "charge", "create", "finish_new", "purge", "release", "requeue")
+NAMES = ("begin", "charge", "create", "finish_new", "pause", "purge", "release", "requeue")
 
 
 @cache
@@ -29,6 +29,7 @@ class Scripts:
         self.charge: Script = client.register_script(source("charge"))
         self.create: Script = client.register_script(source("create"))
         self.finish_new: Script = client.register_script(source("finish_new"))
+        self.pause: Script = client.register_script(source("pause"))
         self.purge: Script = client.register_script(source("purge"))
         self.release: Script = client.register_script(source("release"))
         self.requeue: Script = client.register_script(source("requeue"))
