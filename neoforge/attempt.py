@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -23,17 +23,32 @@ import jinja2
 import redis
 from pydantic import ValidationError
 
-from neoforge.errors import DeliveryError, PermanentDeliveryError, SetupError, TransientDeliveryError
+from neoforge.errors import (
+    DeliveryError,
+    ErrorClass,
+    PermanentDeliveryError,
+    SetupError,
+    TransientDeliveryError,
+)
 from neoforge.logs import log_event
 from neoforge.message import EmailRequest
 from neoforge.mime import build
-from neoforge.redact import mask_addresses
-from neoforge.retry import retry_delay
+from neoforge.recipients import Envelope, plan
+from neoforge.recording import (
+    Attempting,
+    persist,
+    record_failure,
+    record_internal,
+    record_lost_in_data,
+    record_retry,
+    record_success,
+    replies,
+)
 from neoforge.runtime import Runtime
 from neoforge.settings import Settings
 from neoforge.smtp.dialogue import Accepted, deliver
 from neoforge.staging import envelope
-from neoforge.store import Attempt, StatusStore, event, iso, now_iso
+from neoforge.store import StatusStore, event, iso
 from neoforge.store.ledger import take
 from neoforge.templates import Rendered, render
 
@@ -69,38 +84,12 @@ class Outcome:
         return {"id": self.email_id, "status": self.status or self.kind, "attempt": self.attempt}
 
 
-@dataclass
-class Attempting:
-    """One email whose lease we hold: attempt number ``number``, started now."""
-
-    email_id: str
-    number: int
-    created: float
-    priority: str
-    worker: str
-    started: str = field(default_factory=now_iso)
-    t0: float = field(default_factory=time.monotonic)
-
-    def entry(self, outcome: str, **extra: Any) -> Attempt:
-        """This attempt's timeline entry."""
-        return {
-            "attempt": self.number,
-            "started_at": self.started,
-            "finished_at": now_iso(),
-            "duration_ms": round((time.monotonic() - self.t0) * 1000, 1),
-            "worker": self.worker,
-            "outcome": outcome,
-            **extra,
-        }
-
-
 @dataclass(kw_only=True)
 class Job(Attempting):
     """An email whose lease we hold, prepared and ready to send."""
 
     data: bytes
-    recipients: list[str]
-    held: list[dict[str, Any]]
+    envelope: Envelope
     deadline: float
 
     async def send(self, runtime: Runtime, bulk: bool = False) -> Accepted:
@@ -113,8 +102,8 @@ class Job(Attempting):
             await asyncio.to_thread(store.mark_data_started, email_id, number)
 
         timeout = max(0.5, self.deadline - time.monotonic())
-        return await deliver(runtime.sender.pool, runtime.settings.smtp_from, self.data, self.recipients,
-                             timeout, bulk, mark_data)  # fmt: skip
+        pool, sender = runtime.sender.pool, runtime.settings.smtp_from
+        return await deliver(pool, sender, self.data, self.envelope.addresses, timeout, bulk, mark_data)
 
 
 def budget(settings: Settings) -> float:
@@ -134,10 +123,17 @@ def begin(runtime: Runtime, email_id: str, worker: str, deadline: float | None =
             return Outcome("busy", email_id, status="paused", delay=_spread(paused))
         taken = take(store, email_id, worker, settings.email_task_time_limit + 5)
         if taken.status == "unknown":
-            _record_lost_in_data(store, email_id, taken.number, worker)
-            error = PermanentDeliveryError("outcome unknown: sender stopped after DATA began", None,
-                                           "outcome_unknown")  # fmt: skip
-            return Outcome("failed", email_id, taken.number, "failed", error=error)
+            # The last attempt's sender went away after DATA began.
+            if settings.email_unknown_outcome == "dead_letter":
+                record_lost_in_data(store, email_id, taken.number, worker)
+                error = PermanentDeliveryError("outcome unknown: sender stopped after DATA began", None,
+                                               ErrorClass.OUTCOME_UNKNOWN)  # fmt: skip
+                return Outcome("failed", email_id, taken.number, "failed", error=error)
+            text = f"outcome unknown: attempt {taken.number}'s sender stopped after DATA began; sent again"
+            store.retry_unknown(email_id, event("unknown", text, ErrorClass.OUTCOME_UNKNOWN, worker))
+            log_event(logger, "email.outcome_unknown", logging.WARNING, id=email_id, attempt=taken.number,
+                      policy="retry", worker=worker)  # fmt: skip
+            taken = take(store, email_id, worker, settings.email_task_time_limit + 5)
     except redis.RedisError as exc:
         return Outcome("unavailable", email_id, cause=exc)
     if taken.status == "leased":
@@ -152,15 +148,14 @@ def begin(runtime: Runtime, email_id: str, worker: str, deadline: float | None =
     deadline = deadline if deadline is not None else time.monotonic() + budget(settings)
     attempting = Attempting(email_id, taken.number, taken.created, taken.priority, worker)
     try:
-        data, recipients, held = _prepare(email_id, taken.payload, settings)
+        data, envelope = _prepare(email_id, taken.payload, taken.todo, taken.outcomes, settings)
     except PermanentDeliveryError as exc:
-        return _finish_failed(store, attempting, exc)
+        return _fail(store, attempting, exc)
     except Exception as exc:  # a defect of ours: this email only
         logger.exception("email.internal_error id=%s", email_id)
-        return _finish_internal(store, attempting, exc)
+        return _failed(email_id, attempting.number, record_internal(store, attempting, exc))
     return Job(email_id, taken.number, taken.created, taken.priority, worker, attempting.started,
-               attempting.t0, data=data, recipients=recipients, held=held,
-               deadline=deadline)  # fmt: skip
+               attempting.t0, data=data, envelope=envelope, deadline=deadline)  # fmt: skip
 
 
 def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outcome:
@@ -168,9 +163,7 @@ def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outc
     store, settings = runtime.store, runtime.settings
     try:
         if isinstance(result, Accepted):
-            _record_success(store, job, result)
-            runtime.breaker.succeeded()
-            return Outcome("sent", job.email_id, job.number, "sent")
+            return _finish_accepted(runtime, job, result)
         if isinstance(result, SetupError):
             left = runtime.breaker.trip(result)
             next_at = iso(datetime.now(UTC) + timedelta(seconds=left))
@@ -181,11 +174,16 @@ def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outc
             return Outcome("busy", job.email_id, job.number, "paused", delay=_spread(left), error=result)
         if isinstance(result, TransientDeliveryError):
             if job.number > settings.email_max_retries:
-                return _finish_failed(store, job, result, reason="retries exhausted")
-            delay = _record_retry(store, job, result, settings)
+                return _fail(store, job, result, reason="retries exhausted")
+            delay = record_retry(store, job, result, settings)
             return Outcome("retry", job.email_id, job.number, "retrying", delay=delay, error=result)
         if isinstance(result, PermanentDeliveryError):
-            return _finish_failed(store, job, result)
+            if result.error_class == ErrorClass.OUTCOME_UNKNOWN and settings.email_unknown_outcome == "retry":
+                # At least once, as mail servers behave: sent again (documented).
+                return finish(
+                    runtime, job, TransientDeliveryError(str(result), result.code, result.error_class)
+                )
+            return _fail(store, job, result)
         if isinstance(result, concurrent.futures.CancelledError):
             # The process is shutting down mid-dialogue: hand the message back;
             # the ledger's DATA mark decides what the next attempt may do.
@@ -198,7 +196,7 @@ def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outc
         if not isinstance(result, Exception):
             raise result
         logger.error("email.internal_error id=%s", job.email_id, exc_info=result)
-        return _finish_internal(store, job, result)
+        return _failed(job.email_id, job.number, record_internal(store, job, result))
     except redis.RedisError as exc:
         return Outcome("unavailable", job.email_id, job.number, cause=exc)
 
@@ -258,9 +256,9 @@ def run_many(
 
 
 def _prepare(
-    email_id: str, payload: str, settings: Settings
-) -> tuple[bytes, list[str], list[dict[str, Any]]]:
-    """The MIME message's bytes, the envelope recipients and those held back by policy.
+    email_id: str, payload: str, todo: str, outcomes: str, settings: Settings
+) -> tuple[bytes, Envelope]:
+    """The MIME message's bytes, and who it goes to this time (TODO: those left by a partial delivery).
 
     Built in the calling thread, not on the sender loop: the loop carries
     every dialogue of the process and must not wait for CPU work.
@@ -272,12 +270,16 @@ def _prepare(
         data = build(email_id, request, body, settings).as_bytes()
     except (ValidationError, jinja2.TemplateError, ValueError, TypeError, LookupError) as exc:
         raise PermanentDeliveryError(
-            f"message cannot be built: {type(exc).__name__}", None, "bad_message"
+            f"message cannot be built: {type(exc).__name__}", None, ErrorClass.INVALID
         ) from exc
+    if len(data) > settings.email_max_message_bytes:
+        limit = settings.email_max_message_bytes
+        text = f"message of {len(data)} bytes is larger than EMAIL_MAX_MESSAGE_BYTES ({limit})"
+        raise PermanentDeliveryError(text, None, ErrorClass.SIZE)
     recipients, held = envelope(request.recipients(), settings)
     if not recipients:
-        raise PermanentDeliveryError("no recipient in EMAIL_ALLOWED_DOMAINS", None, "not_allowed")
-    return data, recipients, held
+        raise PermanentDeliveryError("no recipient in EMAIL_ALLOWED_DOMAINS", None, ErrorClass.NOT_ALLOWED)
+    return data, plan(recipients, held, todo, outcomes)
 
 
 def _spread(seconds: float) -> float:
@@ -285,75 +287,41 @@ def _spread(seconds: float) -> float:
     return seconds + random.random() * max(0.5, seconds / 10)
 
 
-def persist(write: Callable[[], None], seconds: float = 30.0) -> None:
-    """WRITE, tried again every half second for up to SECONDS while Redis is unreachable.
-
-    For outcomes the server gave us: lose one, and the email's ledger keeps
-    its "DATA began" mark, so the email ends as an ``outcome_unknown`` dead
-    letter instead of being retried or marked sent. Raises the last error.
-    """
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            write()
-            return
-        except redis.RedisError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def _finish_failed(store: StatusStore, job: Attempting, exc: DeliveryError, **extra: Any) -> Outcome:
-    details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
-    entry = job.entry("failed", **details)
-    persist(lambda: store.mark_failed(job.email_id, entry, job.priority))
-    log_event(logger, "email.failed", logging.WARNING, id=job.email_id, status="failed", attempt=job.number,
-              smtp_code=exc.code, error_class=exc.error_class, duration_ms=entry["duration_ms"],
-              worker=job.worker, **extra)  # fmt: skip
-    return Outcome("failed", job.email_id, job.number, "failed", error=exc)
+def _finish_accepted(runtime: Runtime, job: Job, accepted: Accepted) -> Outcome:
+    """The server answered every recipient: sent, or some deferred (retried alone), or all refused."""
+    store, settings = runtime.store, runtime.settings
+    deferred, fields, delivered = job.envelope.settle(accepted)
+    if accepted.reply is not None:
+        runtime.breaker.succeeded()
+    if not deferred:
+        if accepted.reply is None:  # every recipient refused for good
+            refused = PermanentDeliveryError(
+                "every recipient refused: " + replies(accepted.rejected), None, ErrorClass.RECIPIENT_REJECTED
+            )
+            return _fail(store, job, refused, fields)
+        record_success(store, job, accepted.reply, fields, delivered)
+        return Outcome("sent", job.email_id, job.number, "sent")
+    who = "every recipient" if accepted.reply is None else f"{len(deferred)} recipient(s)"
+    codes = [int(r["code"]) for r in accepted.deferred]
+    error = TransientDeliveryError(
+        f"{who} deferred: {replies(accepted.deferred)}", min(codes), ErrorClass.SMTP_4XX
+    )
+    if job.number > settings.email_max_retries:
+        return _fail(store, job, error, fields, reason="retries exhausted")
+    delay = record_retry(store, job, error, settings, fields)
+    return Outcome("retry", job.email_id, job.number, "retrying", delay=delay, error=error)
 
 
-def _finish_internal(store: StatusStore, job: Attempting, exc: BaseException) -> Outcome:
-    # A defect of ours: dead-letter the email with the error type, so it can
-    # be requeued once fixed.
-    details = {"error": f"internal error: {type(exc).__name__}", "error_class": "internal"}
-    store.mark_failed(job.email_id, job.entry("failed", **details), job.priority)
-    error = PermanentDeliveryError(f"internal error: {type(exc).__name__}", None, "internal")
-    return Outcome("failed", job.email_id, job.number, "failed", error=error)
+def _fail(
+    store: StatusStore,
+    job: Attempting,
+    exc: DeliveryError,
+    fields: dict[str, str] | None = None,
+    **extra: Any,
+) -> Outcome:
+    record_failure(store, job, exc, fields, **extra)
+    return _failed(job.email_id, job.number, exc)
 
 
-def _record_lost_in_data(store: StatusStore, email_id: str, number: int, worker: str) -> None:
-    # Its sender stopped (killed, or Redis gone right after the 250) once DATA
-    # had begun: the server may have the message, so a person decides.
-    error = f"outcome unknown: the sender of attempt {number} stopped after DATA began"
-    store.mark_failed(email_id, event("failed", error, "outcome_unknown", worker))
-    log_event(logger, "email.failed", logging.WARNING, id=email_id, status="failed", attempt=number,
-              error_class="outcome_unknown", worker=worker)  # fmt: skip
-
-
-def _record_retry(store: StatusStore, job: Job, exc: TransientDeliveryError, settings: Settings) -> float:
-    """Record a transient failure; return the delay before the next attempt."""
-    details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
-    delay = retry_delay(job.number, settings.email_retry_backoff, settings.email_retry_backoff_max)
-    next_at = iso(datetime.now(UTC) + timedelta(seconds=delay))
-    entry = job.entry("retry", retry_in=round(delay, 3), **details)
-    persist(lambda: store.mark_retrying(job.email_id, entry, next_at, job.priority))
-    log_event(logger, "email.retrying", id=job.email_id, status="retrying", attempt=job.number,
-              smtp_code=exc.code, error_class=exc.error_class, duration_ms=entry["duration_ms"],
-              retry_in=round(delay, 3), worker=job.worker)  # fmt: skip
-    return delay
-
-
-def _record_success(store: StatusStore, job: Job, accepted: Accepted) -> None:
-    refused = [*accepted.refused, *job.held]
-    entry = job.entry("sent", smtp_reply=mask_addresses(accepted.reply[:200]))
-    latency = time.time() - job.created if job.created else 0.0
-    # The server has the message. If Redis stays away, the email still counts
-    # as delivered and the gap is logged; the ledger's "DATA began" mark keeps
-    # any later message from sending it again.
-    try:
-        persist(lambda: store.mark_sent(job.email_id, entry, refused, job.priority, latency))
-    except redis.RedisError as exc:
-        log_event(logger, "email.sent_unrecorded", logging.ERROR, id=job.email_id, reason=type(exc).__name__)
-    log_event(logger, "email.sent", id=job.email_id, status="sent", attempt=job.number,
-              duration_ms=entry["duration_ms"], refused=len(refused), worker=job.worker)  # fmt: skip
+def _failed(email_id: str, number: int, error: DeliveryError) -> Outcome:
+    return Outcome("failed", email_id, number, "failed", error=error)

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosmtplib
 
-from neoforge.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from neoforge.errors import DeliveryError, ErrorClass, PermanentDeliveryError, TransientDeliveryError
 from neoforge.smtp.classify import classify
 from neoforge.smtp.pool import Pool
 
@@ -28,10 +28,13 @@ BeforeData = Callable[[], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Accepted:
-    """The server took the message; ``refused`` lists recipients it turned away."""
+    """How the server answered: its reply to DATA (None if no recipient was accepted, so no DATA),
+    and the recipients it refused at RCPT, permanently (5xx) or for now (4xx), as
+    ``{"address", "code", "message"}`` with the raw address (the caller masks what it stores)."""
 
-    reply: str
-    refused: list[dict[str, Any]] = field(default_factory=list)
+    reply: str | None
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    deferred: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -134,15 +137,24 @@ async def _transmit(
     smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], data: bytes, state: _Dialogue
 ) -> Accepted:
     state.in_data = False
+    size = smtp.esmtp_extensions.get("size", "")
+    if size.isdigit() and 0 < int(size) < len(data):
+        # The server said how much it takes (EHLO SIZE): fail before sending it all.
+        raise PermanentDeliveryError(
+            f"message of {len(data)} bytes is larger than the server's SIZE {size}", None, ErrorClass.SIZE
+        )
     await smtp.mail(sender)
-    refused = []
+    rejected: list[dict[str, Any]] = []
+    deferred: list[dict[str, Any]] = []
     for address in recipients:
         try:
             await smtp.rcpt(address)
         except aiosmtplib.SMTPRecipientRefused as exc:
-            refused.append(exc)
-    if len(refused) == len(recipients):
-        raise aiosmtplib.SMTPRecipientsRefused(refused)
+            refusal = {"address": address, "code": exc.code, "message": exc.message}
+            (deferred if 400 <= exc.code < 500 else rejected).append(refusal)
+    if len(rejected) + len(deferred) == len(recipients):
+        await _reset(smtp)
+        return Accepted(None, rejected, deferred)
     if state.before_data is not None:
         # The caller's ledger mark: from here on the message may reach the
         # server, so a crash must not lead to a second copy. If the mark
@@ -153,10 +165,7 @@ async def _transmit(
         reply = await smtp.data(data)
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
         raise _DataPhaseLost(exc) from exc
-    return Accepted(
-        reply=reply.message,
-        refused=[{"address": r.recipient, "code": r.code, "message": r.message} for r in refused],
-    )
+    return Accepted(reply.message, rejected, deferred)
 
 
 async def _reset(smtp: aiosmtplib.SMTP) -> None:

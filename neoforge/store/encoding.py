@@ -8,7 +8,17 @@ import zlib
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["Attempt", "as_json", "event", "iso", "now_iso", "observe", "pack_payload", "unpack_payload"]
+__all__ = [
+    "Attempt",
+    "as_json",
+    "event",
+    "in_order",
+    "iso",
+    "now_iso",
+    "observe",
+    "pack_payload",
+    "unpack_payload",
+]
 
 Attempt = dict[str, Any]
 
@@ -70,3 +80,9 @@ def observe(pipe: Any, key: str, buckets: tuple[float, ...], value: float) -> No
 def as_json(value: Any) -> str:
     """VALUE as compact JSON."""
     return json.dumps(value, separators=(",", ":"))
+
+
+def in_order(outcomes: str) -> list[dict[str, Any]]:
+    """Stored recipient outcomes (JSON keyed ``t<position>``, ``h<n>``): envelope order, then those held."""
+    found: dict[str, Any] = json.loads(outcomes) if outcomes else {}
+    return [found[key] for key in sorted(found, key=lambda k: (k[0] != "t", int(k[1:])))]

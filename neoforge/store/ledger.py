@@ -39,6 +39,8 @@ class Taken:
     number: int
     created: float
     priority: str
+    todo: str = ""
+    outcomes: str = ""
 
 
 def holder_is_dead(holder: str) -> bool:

@@ -16,7 +16,16 @@ from typing import Any, cast
 
 import redis
 
-from neoforge.store.encoding import Attempt, as_json, event, now_iso, observe, pack_payload, unpack_payload
+from neoforge.store.encoding import (
+    Attempt,
+    as_json,
+    event,
+    in_order,
+    now_iso,
+    observe,
+    pack_payload,
+    unpack_payload,
+)
 from neoforge.store.keys import (
     FAILED,
     LATENCY,
@@ -155,10 +164,11 @@ class StatusStore:
 
     def begin_attempt(
         self, email_id: str, worker: str, lease: str, lease_seconds: float, break_lease: str = ""
-    ) -> tuple[str, str | None, int, float, str]:
+    ) -> tuple[str, str | None, int, float, str, str, str]:
         """Take the email's lease and mark it sending.
 
-        Returns (status, payload or lease holder, attempt number, creation time, priority).
+        Returns (status, payload or lease holder, attempt number, creation time,
+        priority, recipients left (JSON, or ""), recipient outcomes so far (JSON, or "")).
 
         ``sending`` means deliver now (the payload is returned). ``leased``
         means another sender holds the lease: the holder and the lease's
@@ -175,17 +185,35 @@ class StatusStore:
         status, payload, number = found[0], found[1], found[2]
         created = float(found[3]) if len(found) > 3 and found[3] else 0.0
         priority = str(found[4]) if len(found) > 4 else "transactional"
+        todo, outcomes = (str(found[5] or ""), str(found[6] or "")) if len(found) > 6 else ("", "")
         if status == "sending" and payload:
             payload = unpack_payload(str(payload))
-        return str(status), payload if payload else None, int(number), created, priority
+        return str(status), payload if payload else None, int(number), created, priority, todo, outcomes
+
+    def retry_unknown(self, email_id: str, entry: Attempt) -> None:
+        """Forget a gone sender's "DATA began" mark, to send again (EMAIL_UNKNOWN_OUTCOME=retry)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hdel(email_key(email_id), "data_attempt")
+            pipe.rpush(attempts_key(email_id), as_json(entry))
+            pipe.delete(lease_key(email_id))
+            pipe.execute()
 
     def mark_data_started(self, email_id: str, attempt: int) -> None:
         """Attempt ATTEMPT is about to send DATA: if it is interrupted, never send the email again."""
         self.client.hset(email_key(email_id), "data_attempt", attempt)
 
-    def mark_retrying(self, email_id: str, attempt: Attempt, next_attempt_at: str, priority: str) -> None:
-        """The attempt failed transiently; another is scheduled."""
+    def mark_retrying(
+        self,
+        email_id: str,
+        attempt: Attempt,
+        next_attempt_at: str,
+        priority: str,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        """The attempt failed transiently (EXTRA: recipient outcomes, who is left); another is scheduled."""
         with self.client.pipeline(transaction=True) as pipe:
+            if extra:
+                pipe.hset(email_key(email_id), mapping=cast(_Mapping, extra))
             pipe.hincrby(METRICS, f"retried|{priority}|{attempt['error_class']}", 1)
             pipe.rpush(attempts_key(email_id), as_json(attempt))
             pipe.hset(
@@ -221,20 +249,24 @@ class StatusStore:
             pipe.execute()
 
     def mark_sent(
-        self, email_id: str, attempt: Attempt, refused: list[dict[str, Any]], priority: str, latency: float
+        self,
+        email_id: str,
+        attempt: Attempt,
+        priority: str,
+        latency: float,
+        extra: dict[str, str] | None = None,
     ) -> None:
-        """The SMTP server accepted the message: record it, drop the content, let it expire."""
+        """The SMTP server accepted the message: record it (EXTRA: recipient outcomes), drop the content."""
         fields: dict[str, str] = {
             "status": "sent",
             "updated_at": attempt["finished_at"],
             "sent_at": attempt["finished_at"],
             "next_attempt_at": "",
+            **(extra or {}),
         }
-        if refused:
-            fields["refused"] = as_json(refused)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(email_key(email_id), mapping=cast(_Mapping, fields))
-            pipe.hdel(email_key(email_id), *_ERROR_FIELDS)
+            pipe.hdel(email_key(email_id), *_ERROR_FIELDS, "rcpt_todo")
             pipe.rpush(attempts_key(email_id), as_json(attempt))
             pipe.delete(payload_key(email_id), lease_key(email_id))
             pipe.zrem(PENDING, email_id)
@@ -246,11 +278,22 @@ class StatusStore:
             pipe.expire(attempts_key(email_id), self.status_ttl)
             pipe.execute()
 
-    def mark_failed(self, email_id: str, attempt: Attempt, priority: str | None = None) -> None:
-        """Delivery gave up: keep the record and payload (no expiry) in the dead-letter index."""
+    def mark_failed(
+        self,
+        email_id: str,
+        attempt: Attempt,
+        priority: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        """Delivery gave up: keep the record and payload (no expiry) in the dead-letter index.
+
+        EXTRA: recipient outcomes and who is left, so a requeue sends only to them.
+        """
         if priority is None:
             priority = str(self.client.hget(email_key(email_id), "priority") or "transactional")
         with self.client.pipeline(transaction=True) as pipe:
+            if extra:
+                pipe.hset(email_key(email_id), mapping=cast(_Mapping, extra))
             pipe.hincrby(METRICS, f"failed|{priority}|{attempt.get('error_class') or 'unknown'}", 1)
             pipe.rpush(attempts_key(email_id), as_json(attempt))
             pipe.hset(
@@ -358,6 +401,7 @@ class StatusStore:
         result.pop("celery", None)
         result.pop("data_attempt", None)
         result["attempts"] = int(record.get("attempts", 0))
-        result["refused"] = json.loads(record["refused"]) if record.get("refused") else []
+        result["outcomes"] = in_order(str(record.get("outcomes") or ""))
+        result.pop("rcpt_todo", None)
         result["timeline"] = [json.loads(item) for item in attempts]
         return result

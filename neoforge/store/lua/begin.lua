@@ -10,7 +10,8 @@
 -- ARGV[1] now (ISO 8601)          ARGV[2] worker name    ARGV[3] lease holder
 -- ARGV[4] lease length, ms        ARGV[5] now (epoch seconds)
 -- ARGV[6] a dead holder's lease to break, or ''          ARGV[7] the email id
--- Returns {status, payload or lease holder, attempt number[, created_ts, priority]}.
+-- Returns {status, payload or lease holder, attempt number[, created_ts, priority,
+--          recipients left (JSON) or '', recipient outcomes so far (JSON) or '']}.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', false, 0} end
 if status ~= 'queued' and status ~= 'sending' and status ~= 'retrying' then
@@ -49,4 +50,5 @@ redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[1], 'worker'
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 local created = redis.call('HGET', KEYS[1], 'created_ts') or ''
 local priority = redis.call('HGET', KEYS[1], 'priority') or 'transactional'
-return {'sending', redis.call('GET', KEYS[2]), n, created, priority}
+return {'sending', redis.call('GET', KEYS[2]), n, created, priority,
+        redis.call('HGET', KEYS[1], 'rcpt_todo') or '', redis.call('HGET', KEYS[1], 'outcomes') or ''}

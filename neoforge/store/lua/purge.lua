@@ -8,7 +8,7 @@
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 redis.call('DEL', KEYS[2])
-redis.call('HDEL', KEYS[1], 'refused')
+redis.call('HDEL', KEYS[1], 'outcomes')
 redis.call('HSET', KEYS[1], 'purged_at', ARGV[2], 'updated_at', ARGV[2])
 if status ~= 'sent' and status ~= 'failed' and status ~= 'expired' and status ~= 'cancelled' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'next_attempt_at', '')
