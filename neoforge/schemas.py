@@ -19,7 +19,7 @@ __all__ = [
     "PurgeRequest",
     "Purged",
     "Queued",
-    "RefusedRecipient",
+    "RecipientOutcome",
     "RequeueFilter",
     "Requeued",
 ]
@@ -37,12 +37,16 @@ class Queued(BaseModel):
     status: Status = "queued"
 
 
-class RefusedRecipient(BaseModel):
-    """A recipient the SMTP server turned away while accepting the others."""
+class RecipientOutcome(BaseModel):
+    """What happened to one recipient; the address is masked (z***@example.com), never stored whole."""
 
     address: str
-    code: int
-    message: str
+    outcome: Literal["delivered", "deferred", "rejected", "held"] = Field(
+        description="delivered; deferred (4xx: retried, only this recipient); rejected (5xx); "
+        "held (not sent by EMAIL_ALLOWED_DOMAINS)."
+    )
+    code: int | None = None
+    message: str = ""
 
 
 class AttemptRecord(BaseModel):
@@ -87,7 +91,10 @@ class EmailStatus(BaseModel):
     )
     recipients: int = Field(0, description="Number of envelope recipients.")
     queue: str | None = None
-    refused: list[RefusedRecipient] = Field(default_factory=list)
+    delivered: Literal["all", "some", "none"] | None = Field(
+        None, description="How many recipients the server accepted the email for, once it answered."
+    )
+    outcomes: list[RecipientOutcome] = Field(default_factory=list, description="Each recipient, masked.")
     timeline: list[AttemptRecord] = Field(default_factory=list)
 
 

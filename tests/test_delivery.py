@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from neoforge.processes import wait_until
 from neoforge.retry import retry_delay
 from tests.conftest import wait_for_status
 from tests.smtp_server import SmtpServer
@@ -160,9 +161,44 @@ def test_partly_refused_is_sent_and_refused_recorded(smtp_server: SmtpServer) ->
     record = wait_for_status(result.id, {"sent"})
     [received] = _one(smtp_server, "partial")
     assert received.rcpt_tos == ["here@example.com"]
-    assert record["refused"] == [
-        {"address": "gone@example.com", "code": 550, "message": "5.1.1 Mailbox unavailable"}
+    assert record["delivered"] == "some"
+    assert record["outcomes"] == [
+        {
+            "address": "h***@example.com",
+            "outcome": "delivered",
+            "code": 250,
+            "message": received_reply(record),
+        },
+        {
+            "address": "g***@example.com",
+            "outcome": "rejected",
+            "code": 550,
+            "message": "5.1.1 Mailbox unavailable",
+        },
     ]
+
+
+def _reply(record: dict[str, Any]) -> str:
+    return str(record["outcomes"][0]["message"])
+
+
+def test_greylisted_co_recipient_is_retried_alone(smtp_server: SmtpServer) -> None:
+    from tasks import send_email
+
+    smtp_server.handler.rcpt_replies["grey@example.com"] = "450 4.2.0 Greylisted, try again later"
+    result = send_email.delay(to=["first@example.com", "grey@example.com"], subject="greylisted", text="x")
+    wait_until(lambda: len(smtp_server.handler.by_subject("greylisted")) == 1, 20, "the first delivery")
+    smtp_server.handler.rcpt_replies.clear()
+    record = wait_for_status(result.id, {"sent"})
+    deliveries = smtp_server.handler.by_subject("greylisted")
+    # Each person got it once: the first at once, the greylisted one on the retry, same Message-ID.
+    assert [m.rcpt_tos for m in deliveries] == [["first@example.com"], ["grey@example.com"]]
+    assert deliveries[0].message["Message-ID"] == deliveries[1].message["Message-ID"]
+    assert record["delivered"] == "all" and record["attempts"] == 2
+    assert [o["outcome"] for o in record["outcomes"]] == ["delivered", "delivered"]
+    assert "error_class" not in record and "last_error" not in record  # no stale error once sent
+    assert [a["outcome"] for a in record["timeline"]] == ["retry", "sent"]
+    assert record["timeline"][0]["error_class"] == "smtp_4xx"
 
 
 def test_connection_refused_is_transient(smtp_server: SmtpServer, settings_env: Any) -> None:

@@ -26,6 +26,7 @@ from neoforge.store.encoding import (
     pack_payload,
     unpack_payload,
 )
+from neoforge.store.indexes import Indexes
 from neoforge.store.keys import (
     FAILED,
     LATENCY,
@@ -62,7 +63,7 @@ _ERROR_FIELDS = ("last_error", "last_smtp_code", "error_class", "failed_at")
 _Mapping = Any  # redis-py's stub wants an invariant key type that no plain dict has
 
 
-class StatusStore:
+class StatusStore(Indexes):
     """Reads and writes email records; every write is one atomic Redis round trip."""
 
     def __init__(self, client: redis.Redis, status_ttl: int) -> None:
@@ -332,45 +333,6 @@ class StatusStore:
         )
         return bool(done)
 
-    def schedule(self, email_id: str, due: float, next_attempt_at: str, carried: str = "") -> None:
-        """Hold the email in Redis until DUE (epoch seconds); the scheduler publishes it then.
-
-        CARRIED (JSON) is what Celery must get back with that message: callbacks, the rest of a chain.
-        """
-        fields = {"next_attempt_at": next_attempt_at}
-        if carried:
-            fields["celery"] = carried
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.zadd(SCHEDULED, {email_id: due})
-            pipe.hset(email_key(email_id), mapping=cast(_Mapping, fields))
-            pipe.execute()
-
-    def published(self, email_id: str) -> None:
-        """A message for the email was just published: it is pending from now."""
-        now = time.time()
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(email_key(email_id), "published_ts", repr(now))
-            pipe.zadd(PENDING, {email_id: now})
-            pipe.execute()
-
-    def due(self, now: float, limit: int = 500) -> list[str]:
-        """Scheduled ids whose time has come, oldest first."""
-        return [str(i) for i in self.client.zrangebyscore(SCHEDULED, "-inf", now, start=0, num=limit)]
-
-    def release(self, email_id: str) -> tuple[str, str, str] | None:
-        """Mark a due email queued (if it was scheduled); (status, queue, carried options) or None if gone."""
-        found = self.scripts.release(keys=[email_key(email_id)], args=[now_iso()])
-        return (str(found[0]), str(found[1]), str(found[2])) if found else None
-
-    def unschedule(self, email_id: str) -> None:
-        self.client.zrem(SCHEDULED, email_id)
-
-    def failed(self, limit: int, before: float | None = None) -> list[tuple[str, float]]:
-        """Failed email ids with their failure time, newest first, older than BEFORE if given."""
-        top = f"({before}" if before is not None else "+inf"
-        rows = self.client.zrevrangebyscore(FAILED, top, "-inf", start=0, num=limit, withscores=True)
-        return [(str(member), float(score)) for member, score in cast(list[tuple[str, float]], rows)]
-
     def purge(self, email_id: str) -> str | None:
         """Drop the email's stored content (cancelling it if unsent); its status, or None if unknown."""
         status = self.scripts.purge(
@@ -378,13 +340,6 @@ class StatusStore:
             args=[email_id, now_iso()],
         )
         return str(status) if status else None
-
-    def emails_to(self, address: str) -> list[str]:
-        """Ids of the emails sent to ADDRESS (to, cc or bcc) that are still on record."""
-        return sorted(str(i) for i in self.client.hkeys(recipient_key(address)))
-
-    def forget_recipient(self, address: str) -> None:
-        self.client.delete(recipient_key(address))
 
     def get(self, email_id: str) -> dict[str, Any] | None:
         """The record with its timeline, or None if the id was never queued."""

@@ -1,0 +1,69 @@
+"""The indexes around the records: emails held until due, published and unfinished, failed, per recipient."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+import redis
+
+from neoforge.store.encoding import now_iso
+from neoforge.store.keys import FAILED, PENDING, SCHEDULED, email_key, recipient_key
+from neoforge.store.scripts import Scripts
+
+__all__ = ["Indexes"]
+
+_Mapping = Any  # redis-py's stub wants an invariant key type that no plain dict has
+
+
+class Indexes:
+    """Reads and writes of the scheduled set, the pending and dead-letter indexes and the recipient index."""
+
+    client: redis.Redis
+    scripts: Scripts
+
+    def schedule(self, email_id: str, due: float, next_attempt_at: str, carried: str = "") -> None:
+        """Hold the email in Redis until DUE (epoch seconds); the scheduler publishes it then.
+
+        CARRIED (JSON) is what Celery must get back with that message: callbacks, the rest of a chain.
+        """
+        fields = {"next_attempt_at": next_attempt_at}
+        if carried:
+            fields["celery"] = carried
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zadd(SCHEDULED, {email_id: due})
+            pipe.hset(email_key(email_id), mapping=cast(_Mapping, fields))
+            pipe.execute()
+
+    def published(self, email_id: str) -> None:
+        """A message for the email was just published: it is pending from now."""
+        now = time.time()
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(email_key(email_id), "published_ts", repr(now))
+            pipe.zadd(PENDING, {email_id: now})
+            pipe.execute()
+
+    def due(self, now: float, limit: int = 500) -> list[str]:
+        """Scheduled ids whose time has come, oldest first."""
+        return [str(i) for i in self.client.zrangebyscore(SCHEDULED, "-inf", now, start=0, num=limit)]
+
+    def release(self, email_id: str) -> tuple[str, str, str] | None:
+        """Mark a due email queued (if it was scheduled); (status, queue, carried options) or None if gone."""
+        found = self.scripts.release(keys=[email_key(email_id)], args=[now_iso()])
+        return (str(found[0]), str(found[1]), str(found[2])) if found else None
+
+    def unschedule(self, email_id: str) -> None:
+        self.client.zrem(SCHEDULED, email_id)
+
+    def failed(self, limit: int, before: float | None = None) -> list[tuple[str, float]]:
+        """Failed email ids with their failure time, newest first, older than BEFORE if given."""
+        top = f"({before}" if before is not None else "+inf"
+        rows = self.client.zrevrangebyscore(FAILED, top, "-inf", start=0, num=limit, withscores=True)
+        return [(str(member), float(score)) for member, score in cast(list[tuple[str, float]], rows)]
+
+    def emails_to(self, address: str) -> list[str]:
+        """Ids of the emails sent to ADDRESS (to, cc or bcc) that are still on record."""
+        return sorted(str(i) for i in self.client.hkeys(recipient_key(address)))
+
+    def forget_recipient(self, address: str) -> None:
+        self.client.delete(recipient_key(address))
