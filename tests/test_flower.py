@@ -7,8 +7,10 @@ Chromium (the Debian package, driven by Playwright) as the operator's browser.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,12 +18,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.sync_api import sync_playwright
+import redis
+from playwright.sync_api import Page, sync_playwright
 
 from neoforge.processes import free_port, start, stop, wait_until
-from tests.conftest import ROOT, celery_cli, wait_for_status
+from tests.conftest import AUTH, ROOT, celery_cli, wait_for_status
+from tests.smtp_server import SmtpServer
 
 USER = "ops"
 PASSWORD = "flower-test-password-0123"
@@ -35,6 +40,10 @@ CHROMIUM_ARGS = [
     "--disable-sync", "--no-first-run", "--disable-quic",
 ]  # fmt: skip
 SCREENSHOT = ROOT / "test-artifacts" / "flower-task.png"
+BROKER_SCREENSHOT = ROOT / "test-artifacts" / "flower-broker.png"
+# Typed into Flower's send-task by an operator: it travels in the message itself.
+SENDER_RECIPIENT = "flower-typed@example.com"
+SENDER_BODY = "Your reset code is 5550123; Flower must not show it."
 
 
 def _env(**changes: str | None) -> dict[str, str]:
@@ -192,6 +201,30 @@ def test_browser_sees_the_task_but_not_the_email(flower: str, flower_worker: str
     # The store says sent; Flower learns it from the worker's events a moment later.
     wait_until(flower_saw_success, 15, f"task {email_id} SUCCESS in Flower", interval=0.2)
 
+    with _browser(flower) as page:
+        page.goto("/tasks")
+        # Rows arrive from /tasks/datatable after the page loads; DataTables ids them by uuid.
+        row = page.locator(f'#tasks-table tr[id="{email_id}"]')
+        row.wait_for(state="visible")
+        assert "SUCCESS" in row.inner_text()
+        _assert_no_content(page.content())
+
+        row.locator(f'a[href$="/task/{email_id}"]').click()
+        page.wait_for_url(f"**/task/{email_id}")
+        text = page.locator("body").inner_text()
+        assert email_id in text
+        assert page.locator(".badge", has_text="SUCCESS").count() == 1
+        assert flower_worker in text
+        _assert_no_content(page.content())
+
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=SCREENSHOT, full_page=True)
+    assert SCREENSHOT.stat().st_size > 0
+
+
+@contextlib.contextmanager
+def _browser(flower: str) -> Iterator[Page]:
+    """A page of headless Chromium, logged in to Flower."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
@@ -202,30 +235,98 @@ def test_browser_sees_the_task_but_not_the_email(flower: str, flower_worker: str
             )
             page = context.new_page()
             page.set_default_timeout(15_000)
-            page.goto("/tasks")
-            # Rows arrive from /tasks/datatable after the page loads; DataTables ids them by uuid.
-            row = page.locator(f'#tasks-table tr[id="{email_id}"]')
-            row.wait_for(state="visible")
-            assert "SUCCESS" in row.inner_text()
-            _assert_no_content(page.content())
-
-            row.locator(f'a[href$="/task/{email_id}"]').click()
-            page.wait_for_url(f"**/task/{email_id}")
-            text = page.locator("body").inner_text()
-            assert email_id in text
-            assert page.locator(".badge", has_text="SUCCESS").count() == 1
-            assert flower_worker in text
-            _assert_no_content(page.content())
-
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=SCREENSHOT, full_page=True)
+            yield page
         finally:
             browser.close()
-    assert SCREENSHOT.stat().st_size > 0
 
 
-def _assert_no_content(html: str) -> None:
-    # A task message carries only the email id: no address, no body in args, kwargs or result.
-    assert RECIPIENT not in html
-    assert BODY not in html
-    assert "918273" not in html
+def _assert_no_content(html: str, secrets: tuple[str, ...] = (RECIPIENT, BODY, "918273")) -> None:
+    # Flower sees the email id and the outcome: no address, no body in args, kwargs or result.
+    for secret in secrets:
+        assert secret not in html, f"Flower shows {secret!r}"
+
+
+def _post(url: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, {"error": exc.read().decode(errors="replace")}
+
+
+def _flower_state(flower: str, task_id: str) -> str | None:
+    status, body = _get(f"{flower}/api/task/info/{task_id}", f"{USER}:{PASSWORD}")
+    return str(json.loads(body)["state"]) if status == 200 else None
+
+
+def test_broker_page_shows_every_queue_and_its_length(flower: str) -> None:
+    # Flower lists the queues its workers consume: have it ask them now.
+    assert _get(f"{flower}/api/workers?refresh=1", f"{USER}:{PASSWORD}")[0] == 200
+    with _browser(flower) as page:
+        response = page.goto("/broker")
+        BROKER_SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=BROKER_SCREENSHOT, full_page=True)
+        assert response is not None and response.status == 200, page.locator("body").inner_text()
+        lengths = {}
+        for row in page.locator("#queue-table tbody tr").all():
+            cells = row.locator("td").all_inner_texts()
+            lengths[cells[0].strip()] = cells[1].strip()
+    assert {"transactional", "bulk", "celery"} <= lengths.keys(), lengths
+    for queue in ("transactional", "bulk", "celery"):
+        assert lengths[queue].isdigit(), lengths
+
+
+@pytest.mark.parametrize("endpoint", ["send-task", "async-apply"])
+def test_flower_api_sends_an_email(flower: str, endpoint: str, api: Any, smtp_server: SmtpServer) -> None:
+    subject = f"through Flower's {endpoint}"
+    email = {"to": ["flower-api@example.com"], "subject": subject, "text": "sent by an operator"}
+    status, body = _post(f"{flower}/api/task/{endpoint}/neoforge.send_email", {"kwargs": email})
+    assert status == 200, body
+    email_id = body["task-id"]
+    wait_for_status(email_id, {"sent"}, timeout=30)
+    response = api.get(f"/emails/{email_id}", headers=AUTH)
+    assert response.status_code == 200 and response.json()["status"] == "sent"
+    assert len(smtp_server.handler.by_subject(subject)) == 1
+
+
+def test_flower_send_task_shows_the_outcome_but_not_the_email(
+    flower: str, api: Any, redis_client: redis.Redis
+) -> None:
+    """Flower's send-task puts address and body into the message; nothing downstream shows them."""
+    email = {"to": [SENDER_RECIPIENT], "subject": "typed into Flower", "text": SENDER_BODY}
+    status, body = _post(f"{flower}/api/task/send-task/neoforge.send_email", {"kwargs": email})
+    assert status == 200, body
+    email_id = body["task-id"]
+    # Content first: whatever the outcome, Flower must not show what went in.
+    ended = {"SUCCESS", "FAILURE"}
+    wait_until(lambda: _flower_state(flower, email_id) in ended, 30, f"task {email_id} ended in Flower")
+    secrets = (SENDER_RECIPIENT, SENDER_BODY, "5550123")
+
+    for path in ("/api/tasks", f"/api/task/info/{email_id}", f"/api/task/result/{email_id}"):
+        status, raw = _get(flower + path, f"{USER}:{PASSWORD}")
+        assert status == 200, path
+        _assert_no_content(raw.decode(), secrets)
+    meta = redis_client.get(f"celery-task-meta-{email_id}")
+    assert meta is not None
+    _assert_no_content(meta, secrets)
+
+    with _browser(flower) as page:
+        page.goto("/tasks")
+        page.locator(f'#tasks-table tr[id="{email_id}"]').wait_for(state="visible")
+        _assert_no_content(page.content(), secrets)
+
+        page.goto("/broker")
+        _assert_no_content(page.content(), secrets)
+
+        page.goto(f"/task/{email_id}")
+        _assert_no_content(page.content(), secrets)
+        # The outcome is there: the task succeeded and its result says the email was sent.
+        assert page.locator(".badge", has_text="SUCCESS").count() == 1
+        label = page.locator("dt", has_text=re.compile(r"^\s*Result\s*$"))
+        assert "sent" in page.locator("div.detail-row", has=label).inner_text()
+    assert wait_for_status(email_id, {"sent"}, timeout=5)["status"] == "sent"
+    response = api.get(f"/emails/{email_id}", headers=AUTH)
+    assert response.status_code == 200 and response.json()["status"] == "sent"
