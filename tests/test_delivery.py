@@ -167,7 +167,7 @@ def test_partly_refused_is_sent_and_refused_recorded(smtp_server: SmtpServer) ->
             "address": "h***@example.com",
             "outcome": "delivered",
             "code": 250,
-            "message": received_reply(record),
+            "message": _reply(record),
         },
         {
             "address": "g***@example.com",
