@@ -21,11 +21,12 @@ from pydantic import ValidationError
 from neoforge.errors import FieldError, InvalidEmail, PermanentDeliveryError
 from neoforge.logs import log_event
 from neoforge.message import EmailRequest
+from neoforge.mime import build
 from neoforge.redact import mask_addresses
 from neoforge.settings import Settings, get_settings
 from neoforge.store import StatusStore, event, iso
 from neoforge.store.batches import create_batch
-from neoforge.templates import render
+from neoforge.templates import Rendered, render
 
 __all__ = [
     "adopt",
@@ -53,8 +54,12 @@ def validate(fields: dict[str, Any]) -> EmailRequest:
 
 
 def check_renders(request: EmailRequest) -> None:
-    """Render the template once now, so a missing variable is the caller's error, not a dead letter."""
+    """Render the template once now, so a missing variable is the caller's error, not a dead letter.
+
+    Also refuses an email whose encoded size would pass EMAIL_MAX_MESSAGE_BYTES.
+    """
     if request.template is None:
+        check_size(request, Rendered(html=request.html, text=request.text))
         return
     try:
         body = render(request.template, request.context)
@@ -72,6 +77,33 @@ def check_renders(request: EmailRequest) -> None:
             raise InvalidEmail(
                 [FieldError(("context",), f"rendered body is larger than {limit} bytes", "too_large")]
             )
+    check_size(request, body)
+
+
+def check_size(request: EmailRequest, body: Rendered) -> None:
+    """Refuse REQUEST if its MIME message would be larger than EMAIL_MAX_MESSAGE_BYTES, as encoded.
+
+    A cheap upper bound first (base64 and quoted-printable grow content by at
+    most a third, plus headers); the message is built only when that bound is
+    near the limit.
+    """
+    settings = get_settings()
+    limit = settings.email_max_message_bytes
+    texts = sum(len(part.encode()) for part in (body.html, body.text) if part is not None)
+    files = sum(len(item.content) for item in request.attachments)
+    bound = 3 * texts + files * 78 // 76 + 4096 * (1 + len(request.attachments))
+    if bound <= limit:
+        return
+    size = len(build("size-check", request, body, settings).as_bytes())
+    if size > limit:
+        where = "attachments" if request.attachments else "text"
+        raise InvalidEmail(
+            [
+                FieldError(
+                    (where,), f"the email would be {size} bytes as sent, over {limit} bytes", "too_large"
+                )
+            ]
+        )
 
 
 def _fields(request: EmailRequest, queue: str, due: float | None) -> dict[str, str | int]:

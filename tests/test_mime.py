@@ -87,10 +87,6 @@ def _check_well_formed(raw: bytes, parsed: EmailMessage, *, eight_bit: bool = Fa
         for name, value in part.items():
             assert name in _HEADER_NAMES, name
             defects = [str(defect) for defect in value.defects]
-            if name == "Content-Disposition" and b"filename*" in raw:
-                # filename and filename* together: Python's parser calls the
-                # second one a duplicate (RFC 6266 and mail clients read it).
-                defects = [d for d in defects if not d.startswith("duplicate parameter name")]
             assert defects == [], (name, value, defects)
         if part.is_multipart():
             assert "Content-Transfer-Encoding" not in part, part.items()
@@ -116,15 +112,12 @@ def _text_of(part: EmailMessage) -> str:
 
 
 def _filenames(raw: bytes) -> list[tuple[str, str]]:
-    """The (fallback, RFC 2231) file names of each attachment, read as a plain RFC 2231 reader does."""
+    """Each attachment's (ASCII fallback in Content-Type ``name``, file name read the RFC 2231 way)."""
     names = []
     for part in email.message_from_bytes(raw).walk():
-        params = part.get_params(header="content-disposition") or []
-        values = [value for key, value in params if key == "filename"]
-        if values:
-            plain = [v for v in values if isinstance(v, str)]
-            encoded = [email.utils.collapse_rfc2231_value(v) for v in values if isinstance(v, tuple)]
-            names.append((plain[0], (encoded or plain)[0]))
+        filename = part.get_filename()
+        if filename is not None:
+            names.append((email.utils.collapse_rfc2231_value(part.get_param("name") or ""), filename))
     return names
 
 
