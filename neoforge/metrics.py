@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from neoforge.broker import UNACKED, message_ids, published_at, routing_key
 from neoforge.store import DURATION_BUCKETS, LATENCY_BUCKETS
-from neoforge.store.keys import FAILED, LATENCY, METRICS, SCHEDULED, SEND_DURATION, WORKERS
+from neoforge.store.keys import FAILED, LATENCY, METRICS, SCHEDULED, SEND_DURATION, SMTP_PAUSED, WORKERS
 
 __all__ = ["QUEUES", "WORKERS", "heartbeat", "render"]
 
@@ -54,11 +54,12 @@ class _Collector(Collector):
             pipe.zcard(SCHEDULED)
             pipe.zcard(FAILED)
             pipe.zcount(WORKERS, now - _HEARTBEAT_TTL, "+inf")
+            pipe.hmget(SMTP_PAUSED, ["until", "error_class"])
             replies = pipe.execute()
         counters, latency, duration = replies[0], replies[1], replies[2]
         waiting = dict(zip(QUEUES, replies[3 : 3 + 2 * len(QUEUES) : 2], strict=True))
         oldest_raw = dict(zip(QUEUES, replies[4 : 4 + 2 * len(QUEUES) : 2], strict=True))
-        unacked_raw, scheduled, dead, workers = replies[3 + 2 * len(QUEUES) :]
+        unacked_raw, scheduled, dead, workers, (paused_until, paused_class) = replies[3 + 2 * len(QUEUES) :]
 
         yield from _counters(counters)
         yield _histogram("neoforge_delivery_latency_seconds", "Queued to accepted by the SMTP server.",
@@ -93,6 +94,14 @@ class _Collector(Collector):
         yield GaugeMetricFamily(
             "neoforge_workers_online", "Workers seen in the last 15 s.", value=float(workers)
         )
+        gauge = GaugeMetricFamily(
+            "neoforge_sending_paused",
+            "1 while sending is paused after a setup failure (login refused, TLS), by its error class.",
+            labels=["error_class"],
+        )
+        # Until a probe succeeds: the pause's end may pass while no email comes to probe.
+        gauge.add_metric([str(paused_class or "none")], 0.0 if paused_until is None else 1.0)
+        yield gauge
 
     def _age(self, raw: Any, now: float) -> float:
         ids = message_ids(raw) if raw else []
@@ -121,6 +130,11 @@ def _counters(values: dict[str, str]) -> Iterator[Metric]:
         ),
         "expired": CounterMetricFamily(
             "neoforge_emails_expired", "Emails that expired unsent.", labels=["priority"]
+        ),
+        "paused": CounterMetricFamily(
+            "neoforge_sending_pauses",
+            "Times sending was paused (or kept paused) by a setup failure.",
+            labels=["error_class"],
         ),
     }
     seen: set[tuple[str, ...]] = set()
