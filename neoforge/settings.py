@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     api_max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     api_rate_limit_requests: int = Field(600, ge=1)  # per key and minute
     api_rate_limit_recipients: int = Field(5000, ge=1)  # per key and minute
+    # Reads (status polling, listings) have their own allowance, per key and minute.
+    api_rate_limit_reads: int = Field(6000, ge=1)
 
     # Staging safety: send everything to one address, or only to these domains.
     email_redirect_to: str | None = None
