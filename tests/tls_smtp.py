@@ -104,11 +104,17 @@ class SlowHandler(RecordingHandler):
 
 
 class Sessions:
-    """The sessions open at the server now, and the most ever open at once."""
+    """The sessions open at the server now, and the most ever active at once.
+
+    A session stops being active when the client says QUIT (the client waits
+    for the reply before it opens another) and stops being open when the
+    connection is gone.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.open: set[int] = set()
+        self.active: set[int] = set()
         self.peak = 0
         self.total = 0
 
@@ -116,16 +122,23 @@ class Sessions:
         with self.lock:
             if session not in self.open:
                 self.total += 1
+                self.active.add(session)
             self.open.add(session)
-            self.peak = max(self.peak, len(self.open))
+            self.peak = max(self.peak, len(self.active))
+
+    def quitting(self, session: int) -> None:
+        with self.lock:
+            self.active.discard(session)
 
     def closed(self, session: int) -> None:
         with self.lock:
             self.open.discard(session)
+            self.active.discard(session)
 
     def reset(self) -> None:
         with self.lock:
             self.open.clear()
+            self.active.clear()
             self.peak = 0
             self.total = 0
 
@@ -146,6 +159,10 @@ class _CountingSMTP(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         self.sessions.closed(id(self))
         super().connection_lost(error)
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        self.sessions.quitting(id(self))
+        await super().smtp_QUIT(arg)
 
 
 def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:

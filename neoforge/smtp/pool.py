@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 
@@ -14,6 +15,7 @@ from neoforge.settings import Settings
 __all__ = ["Pool", "bulk_connections", "open_connection", "tls_context"]
 
 _MESSAGES_PER_CONNECTION = 100
+_QUIT_SECONDS = 5.0  # for a polite QUIT after a refusal, at most
 
 
 def bulk_connections(settings: Settings) -> int:
@@ -61,9 +63,16 @@ async def open_connection(
                     ErrorClass.TLS,
                 )
             await smtp.login(s.smtp_user, s.smtp_password.get_secret_value())
-    except BaseException:
+    except BaseException as exc:
         # A failed login or STARTTLS must not leave the session open at the server.
-        smtp.close()
+        try:
+            if isinstance(exc, aiosmtplib.SMTPResponseException | SetupError) and smtp.is_connected:
+                # The server said no (a refused login): end the session as it expects, so that
+                # it is over at the server before this connection's slot goes to another one.
+                with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                    await smtp.quit(timeout=min(timeout, _QUIT_SECONDS))
+        finally:
+            smtp.close()
         raise
     return smtp
 
