@@ -1,4 +1,4 @@
-"""The ``neoforge`` command: run the development system, queue an email, read a status."""
+"""The ``neoforge`` command: run the development system, queue an email, read a status, check SMTP."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from neoforge.logs import configure_logging
 from neoforge.redis_client import unavailable
 from neoforge.runtime import current
 from neoforge.settings import Settings, get_settings
+from neoforge.smtp.probe import check_smtp_blocking
 from tasks import send_email
 
 __all__ = ["main"]
@@ -166,6 +167,14 @@ def requeue(email_id: str | None, all_: bool, error_class: str | None) -> None:
             str(exc if isinstance(exc, QueueUnavailable) else unavailable(exc))
         ) from None
     click.echo(f"requeued {email_id}")
+
+
+@main.command()
+def check() -> None:
+    """Log in to the SMTP server as configured, then QUIT; print one line, exit 1 if it failed."""
+    result = check_smtp_blocking(_settings())
+    click.echo(result.line)
+    sys.exit(0 if result.ok else 1)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

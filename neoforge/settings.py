@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -33,7 +34,11 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = True
     smtp_ssl_tls: bool = False
+    # Development only when false: no certificate or hostname check at all.
     smtp_validate_certs: bool = True
+    # A private CA bundle to verify the SMTP server against (hostname still
+    # checked); default: the system's CAs.
+    smtp_ca_file: Path | None = None
     # Domains that are not globally deliverable and yet accepted, as a comma-
     # separated list of suffixes: "local" admits corp.local (and local itself),
     # "test" admits *.test. Special-use names (.local, .test, .localhost,
@@ -65,6 +70,8 @@ class Settings(BaseSettings):
     api_max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     api_rate_limit_requests: int = Field(600, ge=1)  # per key and minute
     api_rate_limit_recipients: int = Field(5000, ge=1)  # per key and minute
+    # Reads (status polling, listings) have their own allowance, per key and minute.
+    api_rate_limit_reads: int = Field(6000, ge=1)
 
     # Staging safety: send everything to one address, or only to these domains.
     email_redirect_to: str | None = None
@@ -104,6 +111,9 @@ class Settings(BaseSettings):
     email_bulk_batch_size: int = Field(20, ge=1, le=500)
     # SMTP dialogues (and so connections) at once per worker process.
     smtp_max_connections: int = Field(50, ge=1, le=1000)
+    # Seconds a pooled SMTP connection may stay idle before it is closed
+    # (even when no email comes to take it).
+    smtp_idle_timeout: float = Field(30.0, gt=0)
 
     # Shutdown: on a second SIGTERM/SIGINT (cold shutdown) tasks in progress
     # get this many seconds to finish before their messages are handed back.
@@ -154,6 +164,25 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("smtp_ca_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # SMTP_CA_FILE= (as compose files pass an unset variable) means the system's CAs.
+        return None if value == "" else value
+
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        if not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        try:
+            ssl.create_default_context(cafile=str(value))
+        except OSError as exc:  # ssl.SSLError included
+            raise ValueError(f"{value} cannot be read as a PEM CA bundle: {exc}") from exc
+        return value.resolve()
 
     @field_validator("templates_dir")
     @classmethod

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, task_revoked, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    setup_logging,
+    task_revoked,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from neoforge import runtime
 from neoforge.enqueue import record_expired
 from neoforge.logs import configure_logging, log_event
 from neoforge.settings import get_settings
+from neoforge.smtp.probe import check_smtp_blocking
 
 __all__ = ["app"]
 
@@ -27,6 +35,19 @@ def _logging(**_: Any) -> None:
     # Our handler and format for the worker process, instead of Celery's.
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+
+
+@worker_ready.connect
+def _check_smtp(**_: Any) -> None:
+    # Say at once whether the SMTP server takes our login, on a thread: a slow
+    # or unreachable server must not hold up (or break) the worker's start.
+    threading.Thread(target=_log_smtp_check, name="neoforge-smtp-check", daemon=True).start()
+
+
+def _log_smtp_check() -> None:
+    """Check the SMTP server and log ``smtp.check`` with the one line (INFO when ok, ERROR if not)."""
+    result = check_smtp_blocking(get_settings())
+    log_event(logger, "smtp.check", logging.INFO if result.ok else logging.ERROR, result=result.line)
 
 
 @worker_shutdown.connect

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse, Response
 
 from neoforge.api.middleware import BodyLimit, StartupCheck
-from neoforge.api.ops import health, metrics
+from neoforge.api.ops import Readiness, health, metrics, ready
 from neoforge.api.routes import batches, emails, sending
 from neoforge.embedded import EmbeddedWorker
 from neoforge.errors import InvalidEmail, QueueUnavailable
@@ -92,6 +92,14 @@ def create_app() -> FastAPI:
         response_model=Health,
         tags=["ops"],
         responses={503: {"model": Health, "description": "Redis unreachable."}},
+    )
+    app.add_api_route(
+        "/health/ready",
+        ready,
+        methods=["GET"],
+        response_model=Readiness,
+        tags=["ops"],
+        responses={503: {"model": Readiness, "description": "Redis or the SMTP server unusable."}},
     )
     app.add_api_route(
         "/metrics",

@@ -8,11 +8,11 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from neoforge.ratelimit import charge
+from neoforge.ratelimit import charge, charge_read
 from neoforge.runtime import current
 from neoforge.settings import get_settings
 
-__all__ = ["Authenticated", "charge_key", "limit_requests", "require_key"]
+__all__ = ["Authenticated", "charge_key", "limit_reads", "limit_requests", "require_key"]
 
 _bearer = HTTPBearer(auto_error=False, description="One of the keys in API_KEYS.")
 
@@ -48,6 +48,12 @@ def charge_key(key: str, requests: int, recipients: int) -> None:
 def limit_requests(key: Annotated[str, Depends(require_key)]) -> str:
     """Charge one request to the key's per-minute allowance (429 past it)."""
     charge_key(key, requests=1, recipients=0)
+    return key
+
+
+def limit_reads(key: Annotated[str, Depends(require_key)]) -> str:
+    """Charge one read to the key's per-minute read allowance, API_RATE_LIMIT_READS (429 past it)."""
+    charge_read(current().store, key, max_reads=get_settings().api_rate_limit_reads)
     return key
 
 

@@ -1,4 +1,4 @@
-"""Operations routes: health and Prometheus metrics."""
+"""Operations routes: health, readiness (Redis and the SMTP server) and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -6,12 +6,21 @@ import redis
 from fastapi import status
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
 
 from neoforge.metrics import render as render_metrics
 from neoforge.runtime import current
 from neoforge.schemas import Health
+from neoforge.settings import get_settings
+from neoforge.smtp.probe import check_smtp
 
-__all__ = ["health", "metrics"]
+__all__ = ["Readiness", "health", "metrics", "ready"]
+
+
+class Readiness(Health):
+    """Readiness of the API: its Redis, and the SMTP server as configured ("ok" or the one-line reason)."""
+
+    smtp: str
 
 
 def metrics() -> Response:
@@ -20,11 +29,34 @@ def metrics() -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-def health() -> JSONResponse:
-    """200 when Redis answers, 503 when it does not."""
+def _redis_state() -> str:
+    """The word "ok" when Redis answers, else the name of the error."""
     try:
         current().redis.ping()
     except redis.RedisError as exc:
-        body = Health(status="unavailable", redis=type(exc).__name__)
+        return type(exc).__name__
+    return "ok"
+
+
+def health() -> JSONResponse:
+    """200 when Redis answers, 503 when it does not."""
+    redis_state = _redis_state()
+    if redis_state != "ok":
+        body = Health(status="unavailable", redis=redis_state)
         return JSONResponse(body.model_dump(), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
     return JSONResponse(Health(status="ok", redis="ok").model_dump())
+
+
+async def ready() -> JSONResponse:
+    """200 when Redis answers and the SMTP server takes our login; 503 with the one-line reason if not.
+
+    Each call opens one SMTP session (bounded by min(SMTP_TIMEOUT, 10 s)).
+    """
+    redis_state = await run_in_threadpool(_redis_state)
+    check = await check_smtp(get_settings())
+    smtp_state = "ok" if check.ok else check.line
+    body = Readiness(
+        status="ok" if redis_state == "ok" and check.ok else "unavailable", redis=redis_state, smtp=smtp_state
+    )
+    code = status.HTTP_200_OK if body.status == "ok" else status.HTTP_503_SERVICE_UNAVAILABLE
+    return JSONResponse(body.model_dump(), status_code=code)

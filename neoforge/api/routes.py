@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from starlette.concurrency import run_in_threadpool
 
-from neoforge.api.auth import Authenticated, charge_key, limit_requests
+from neoforge.api.auth import Authenticated, charge_key, limit_reads, limit_requests, require_key
 from neoforge.bulk import queue_bulk
 from neoforge.deadletters import list_failed, requeue, requeue_all
 from neoforge.errors import EmailNotFound
@@ -43,15 +43,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": Problem, "description": "Request body larger than API_MAX_REQUEST_BYTES."},
     429: {
         "model": Problem,
-        "description": "The key's requests or recipients per minute are used up; see Retry-After.",
+        "description": "The key's requests, recipients or reads per minute are used up; see Retry-After.",
     },
     503: {"model": Problem, "description": "Redis unreachable, or API_KEYS not set."},
 }
 
 
-emails = APIRouter(
-    prefix="/emails", tags=["emails"], dependencies=[Depends(limit_requests)], responses=_ERRORS
-)
+# Every route needs a key; each charges either the key's requests (writes) or
+# its reads (status polling, listings: an allowance of their own).
+_WRITE = [Depends(limit_requests)]
+_READ = [Depends(limit_reads)]
+
+emails = APIRouter(prefix="/emails", tags=["emails"], dependencies=[Depends(require_key)], responses=_ERRORS)
 # Queueing charges the request and its recipients together, in the handler:
 # one Redis round trip per request on the hot path.
 sending = APIRouter(prefix="/emails", tags=["emails"], responses=_ERRORS)
@@ -101,6 +104,7 @@ def _queue_many(key: str, body: BulkRequest) -> BatchQueued:
 
 @emails.get(
     "/{email_id}",
+    dependencies=_READ,
     response_model=EmailStatus,
     summary="Status of an email",
     responses=_NOT_FOUND,
@@ -115,6 +119,7 @@ def email_status(email_id: str) -> EmailStatus:
 
 @emails.get(
     "",
+    dependencies=_READ,
     response_model=EmailPage,
     summary="List failed (dead-letter) emails",
     responses={422: {"description": "Unsupported status filter."}},
@@ -134,6 +139,7 @@ def list_emails(
 
 @emails.post(
     "/requeue",
+    dependencies=_WRITE,
     response_model=Requeued,
     summary="Requeue all failed emails",
 )
@@ -146,6 +152,7 @@ def requeue_failed(body: RequeueFilter) -> Requeued:
 
 @emails.post(
     "/{email_id}/requeue",
+    dependencies=_WRITE,
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Queued,
     summary="Requeue one failed email",
@@ -165,7 +172,7 @@ def requeue_one(email_id: str) -> Queued:
     return Queued(id=email_id)
 
 
-@emails.post("/purge", response_model=Purged, summary="Erase every email to an address")
+@emails.post("/purge", dependencies=_WRITE, response_model=Purged, summary="Erase every email to an address")
 def purge_address(body: PurgeRequest) -> Purged:
     """Delete the stored content of every email to this address (unsent ones are cancelled)."""
     store = current().store
@@ -178,6 +185,7 @@ def purge_address(body: PurgeRequest) -> Purged:
 
 @emails.delete(
     "/{email_id}",
+    dependencies=_WRITE,
     response_model=EmailStatus,
     summary="Delete an email's stored content",
     responses=_NOT_FOUND,
@@ -193,9 +201,7 @@ def purge_email(email_id: str) -> EmailStatus:
     return _status(record)
 
 
-batches = APIRouter(
-    prefix="/batches", tags=["emails"], dependencies=[Depends(limit_requests)], responses=_ERRORS
-)
+batches = APIRouter(prefix="/batches", tags=["emails"], dependencies=_READ, responses=_ERRORS)
 
 
 @batches.get("/{batch_id}", response_model=BatchSummary, summary="Progress of a bulk send",

@@ -15,7 +15,7 @@ Keys (all under ``neoforge:``):
 - ``metrics``              hash: counters for Prometheus, shared by every process
 - ``metrics:latency``, ``metrics:send_duration``  hashes: histogram buckets
 - ``workers``              sorted set: worker host names by last heartbeat
-- ``rate:{sha256}:{minute}:requests|recipients``  per API key counters
+- ``rate:{sha256}:{minute}:requests|recipients|reads``  per API key counters
 - ``scheduler:lock``, ``recovery:lock``  one sweeper at a time
 - ``smtp:paused``, ``smtp:probe``  sending paused after a setup failure, and who probes the server
 
@@ -47,6 +47,7 @@ __all__ = [
     "lease_key",
     "payload_key",
     "rate_keys",
+    "read_rate_key",
     "recipient_key",
 ]
 
@@ -102,7 +103,16 @@ def idempotency_key(key: str) -> str:
     return f"{PREFIX}idem:{_digest(key)}"
 
 
+def _rate_base(api_key: str, minute: int) -> str:
+    return f"{PREFIX}rate:{_digest(api_key)[:32]}:{minute}"
+
+
 def rate_keys(api_key: str, minute: int) -> tuple[str, str]:
     """The request and recipient counters of API_KEY for one minute (never the key itself)."""
-    base = f"{PREFIX}rate:{_digest(api_key)[:32]}:{minute}"
+    base = _rate_base(api_key, minute)
     return f"{base}:requests", f"{base}:recipients"
+
+
+def read_rate_key(api_key: str, minute: int) -> str:
+    """The counter of API_KEY's reads (status, listings) for one minute."""
+    return f"{_rate_base(api_key, minute)}:reads"

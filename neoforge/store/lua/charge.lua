@@ -1,10 +1,12 @@
--- Count one API request and its recipients against a key's current minute.
+-- Count API use against a key's current minute: one counter per KEY, each
+-- added to and given a two-minute expiry, all in one round trip.
 --
--- KEYS[1] the key's request counter    KEYS[2] the key's recipient counter
--- ARGV[1] requests to add              ARGV[2] recipients to add
--- Returns {requests, recipients} used this minute.
-local requests = redis.call('INCRBY', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], 120)
-local recipients = redis.call('INCRBY', KEYS[2], ARGV[2])
-redis.call('EXPIRE', KEYS[2], 120)
-return {requests, recipients}
+-- KEYS[i] a counter of the key (requests, recipients or reads)
+-- ARGV[i] how much to add to KEYS[i]
+-- Returns the counters' values after adding, in KEYS order.
+local used = {}
+for i, key in ipairs(KEYS) do
+  used[i] = redis.call('INCRBY', key, ARGV[i])
+  redis.call('EXPIRE', key, 120)
+end
+return used
