@@ -65,6 +65,9 @@ class Sender:
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
             self.pool.close_all()
+            # A few turns of the loop, so TLS connections finish closing before it stops.
+            for _ in range(5):
+                await asyncio.sleep(0.01)
 
         with contextlib.suppress(RuntimeError, concurrent.futures.TimeoutError):
             self.submit(wind_down()).result(timeout=wait + 5)

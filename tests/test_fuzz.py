@@ -94,6 +94,7 @@ def no_rate_limits() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("API_RATE_LIMIT_REQUESTS", "1000000")
         patch.setenv("API_RATE_LIMIT_RECIPIENTS", "1000000")
+        patch.setenv("API_RATE_LIMIT_READS", "1000000")
         get_settings.cache_clear()
         yield
     get_settings.cache_clear()
