@@ -20,7 +20,7 @@ from neoforge import runtime
 from neoforge.enqueue import record_expired
 from neoforge.logs import configure_logging, log_event
 from neoforge.settings import get_settings
-from neoforge.smtp.probe import check_smtp_blocking
+from neoforge.smtp.probe import Check, check_smtp
 
 __all__ = ["app"]
 
@@ -44,9 +44,17 @@ def _check_smtp(**_: Any) -> None:
     threading.Thread(target=_log_smtp_check, name="neoforge-smtp-check", daemon=True).start()
 
 
+async def _check_in_slot(rt: runtime.Runtime) -> Check:
+    async with rt.sender.pool.slots:
+        return await check_smtp(rt.settings)
+
+
 def _log_smtp_check() -> None:
     """Check the SMTP server and log ``smtp.check`` with the one line (INFO when ok, ERROR if not)."""
-    result = check_smtp_blocking(get_settings())
+    # On the sender loop, holding a connection slot like any dialogue: the
+    # check never takes the process past SMTP_MAX_CONNECTIONS.
+    rt = runtime.current()
+    result = rt.run(_check_in_slot(rt))
     log_event(logger, "smtp.check", logging.INFO if result.ok else logging.ERROR, result=result.line)
 
 

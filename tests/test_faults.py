@@ -166,17 +166,18 @@ def test_worker_killed_mid_batch_loses_nothing(
 def test_worker_killed_during_data_never_sends_twice(
     start_cli_worker: StartWorker, smtp_server: SmtpServer, redis_client: redis.Redis
 ) -> None:
-    """Killed after DATA began: the server may have the message, so it is dead-lettered, not resent."""
+    """Killed after DATA began, EMAIL_UNKNOWN_OUTCOME=dead_letter: the server may have the message,
+    so it is dead-lettered, not resent."""
     queue = _queue()
     smtp_server.handler.data_delay = 2.0  # the server takes its time before its 250
-    first = start_cli_worker(queue, 4, WORKER_POOL="threads")
+    first = start_cli_worker(queue, 4, WORKER_POOL="threads", EMAIL_UNKNOWN_OUTCOME="dead_letter")
     [email_id] = _queue_emails(queue, 1, "kill in data")
     wait_until(lambda: redis_client.hget(f"neoforge:email:{email_id}", "data_attempt") == "1", 30, "DATA")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(10)
 
     smtp_server.handler.data_delay = 0.0
-    start_cli_worker(queue, 4, WORKER_POOL="threads")
+    start_cli_worker(queue, 4, WORKER_POOL="threads", EMAIL_UNKNOWN_OUTCOME="dead_letter")
     record = wait_for_status(email_id, {"sent", "failed"}, timeout=VISIBILITY * 1.5 + 15)
     assert record["status"] == "failed" and record["error_class"] == "outcome_unknown"
     assert record["attempts"] == 1
@@ -282,9 +283,13 @@ def test_smtp_outage_longer_than_two_backoffs(settings_env: Any, redis_client: r
 
 
 @pytest.mark.usefixtures("worker")
-def test_connection_cut_after_data_is_never_silently_resent(smtp_server: SmtpServer) -> None:
+def test_connection_cut_after_data_is_never_silently_resent(
+    smtp_server: SmtpServer, settings_env: Any
+) -> None:
+    """EMAIL_UNKNOWN_OUTCOME=dead_letter: the server took it but we saw no reply: failed, never resent."""
     from tasks import send_email
 
+    settings_env(EMAIL_UNKNOWN_OUTCOME="dead_letter")
     smtp_server.handler.drop_after_data = 1
     email_id = send_email.delay(to=["cut@example.com"], subject="cut", text="x").id
     record = wait_for_status(email_id, {"sent", "failed"})
@@ -293,6 +298,21 @@ def test_connection_cut_after_data_is_never_silently_resent(smtp_server: SmtpSer
     assert record["attempts"] == 1
     time.sleep(0.5)  # a wrong automatic retry would arrive in this time
     assert smtp_server.handler.deliveries() == {email_id: 1}
+
+
+@pytest.mark.usefixtures("worker")
+def test_connection_cut_after_data_is_sent_again_by_default(smtp_server: SmtpServer) -> None:
+    """The default, EMAIL_UNKNOWN_OUTCOME=retry: at least once, as mail servers behave (here, the
+    server did take the first copy, so the person gets two: the documented price)."""
+    from tasks import send_email
+
+    smtp_server.handler.drop_after_data = 1
+    email_id = send_email.delay(to=["cut@example.com"], subject="cut again", text="x").id
+    record = wait_for_status(email_id, {"sent", "failed"})
+    assert record["status"] == "sent" and record["attempts"] == 2
+    assert [a["outcome"] for a in record["timeline"]] == ["retry", "sent"]
+    assert record["timeline"][0]["error_class"] == "outcome_unknown"
+    assert smtp_server.handler.deliveries() == {email_id: 2}
 
 
 def test_two_workers_compete_for_a_thousand_emails(

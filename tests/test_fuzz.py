@@ -33,6 +33,7 @@ from neoforge.message import EmailRequest
 from neoforge.processes import wait_until
 from neoforge.runtime import close as close_runtime
 from neoforge.runtime import current
+from neoforge.store.encoding import unpack_payload
 from neoforge.store.keys import payload_key
 from tests.conftest import API_KEY, AUTH
 from tests.smtp_server import Received, SmtpServer
@@ -262,7 +263,7 @@ def test_only_valid_emails_reach_the_smtp_server(
     for email_id in accepted:
         payload = redis_client.get(payload_key(email_id))
         assert payload is not None, email_id
-        requests[email_id] = EmailRequest.model_validate_json(payload)
+        requests[email_id] = EmailRequest.model_validate_json(unpack_payload(payload))
 
     # A bounded sample, the crafted emails first, goes to a real worker; the rest
     # (and those scheduled for later or that may expire first) are dropped unsent.

@@ -113,13 +113,15 @@ def test_every_mime_shape_arrives_whole_and_valid(postfix_server: Postfix, setti
         ).id  # fmt: skip
     for name, email_id in ids.items():
         wait_for_status(email_id, {"sent"}, timeout=30)
+        # Accepted means queued by Postfix; its delivery to the Maildir follows.
+        postfix_server.wait_delivered(f"shape-{name}@example.com", 1)
         [raw] = postfix_server.raw_delivered(f"shape-{name}@example.com")
         message = _parsed(raw)
         assert _tree(message) == expected[name], name
         assert message["Subject"] == f"Grüße — {name}"
         assert message["To"].addresses[0].display_name == "Zoë Ünïcode"
         assert message["Message-ID"] == f"<{email_id}@neoforge.example.com>"
-        assert len(postfix_server.raw_delivered("ops@corp.local")) >= 1
+        postfix_server.wait_delivered("ops@corp.local", 1)
     [raw] = postfix_server.raw_delivered("shape-mixed@example.com")
     files = {part.get_filename(): part for part in _parsed(raw).walk() if part.get_filename()}
     assert files["Relevé.csv"].get_content() == csv.decode()
@@ -131,7 +133,8 @@ def test_every_mime_shape_arrives_whole_and_valid(postfix_server: Postfix, setti
 def test_greylisted_co_recipient_is_delivered_once(postfix_server: Postfix, settings_env: Any) -> None:
     from tasks import send_email
 
-    settings_env(**_smtp_env(postfix_server, EMAIL_RETRY_BACKOFF="1", EMAIL_RETRY_BACKOFF_MAX="1"))
+    settings_env(**_smtp_env(postfix_server, EMAIL_RETRY_BACKOFF="1", EMAIL_RETRY_BACKOFF_MAX="1",
+                             EMAIL_MAX_RETRIES="30"))  # fmt: skip
     postfix_server.set_access("grey@example.com", "450 4.2.0 greylisted, try again")
     email_id = send_email.delay(to=["first@example.com", "grey@example.com"], subject="grey", text="x").id
     postfix_server.wait_delivered("first@example.com", 1, timeout=20)
@@ -140,6 +143,7 @@ def test_greylisted_co_recipient_is_delivered_once(postfix_server: Postfix, sett
     postfix_server.clear_access()
     record = wait_for_status(email_id, {"sent"}, timeout=30)
     assert record["delivered"] == "all"
+    postfix_server.wait_delivered("grey@example.com", 1)
     assert len(postfix_server.delivered("first@example.com")) == 1
     assert len(postfix_server.delivered("grey@example.com")) == 1
     assert "grey@example.com" not in str(record)
@@ -187,7 +191,7 @@ def test_certificates_private_ca_or_a_pause(
     # With it (hostname checked): the pause ends at the next probe and the email goes out.
     settings_env(**_smtp_env(postfix_server))
     record = wait_for_status(email_id, {"sent"}, timeout=30)
-    assert len(postfix_server.delivered("ca@example.com")) == 1
+    assert len(postfix_server.wait_delivered("ca@example.com", 1)) == 1
     assert not redis_client.exists("neoforge:smtp:paused")
 
 
@@ -248,6 +252,7 @@ def test_wrong_password_pauses_without_leaking_sessions(
     watching.set()
     watcher.join()
     assert most <= cap, most
+    wait_until(lambda: sum(_copies(postfix_server)[i] for i in ids) >= len(ids), 30, "all in the Maildirs")
     copies = _copies(postfix_server)
     assert [copies[i] for i in ids] == [1] * len(ids)
     assert not redis_client.zcard("neoforge:failed")
@@ -269,6 +274,7 @@ def test_relay_restart_mid_stream_loses_and_repeats_nothing(
     postfix_server.restart()
     wait_until(lambda: all(redis_client.hget(f"neoforge:email:{i}", "status") == "sent" for i in ids), 120,
                "all sent after the restart")  # fmt: skip
+    wait_until(lambda: sum(_copies(postfix_server)[i] for i in ids) >= len(ids), 30, "all in the Maildirs")
     copies = _copies(postfix_server)
     assert [copies[i] for i in ids] == [1] * len(ids)
     assert not redis_client.zcard("neoforge:failed")
