@@ -17,17 +17,11 @@ def _publish(email_id: str, queue: str, carried: str) -> None:
 
 
 class SchedulerStep(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Start the scheduler with the worker, stop it with the worker."""
+    """The worker's scheduler: started with the worker, stopped (or terminated) with it.
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self.scheduler: Scheduler | None = None
+    Built by ``create``, so Celery's own start, stop and terminate reach it
+    (celery/bootsteps.py, StartStopStep acts on ``obj``).
+    """
 
-    def start(self, worker: Any) -> None:
-        self.scheduler = Scheduler(_publish, hostname=worker.hostname)
-        self.scheduler.start()
-
-    def stop(self, worker: Any) -> None:
-        if self.scheduler is not None:
-            self.scheduler.stop()
-            self.scheduler = None
+    def create(self, worker: Any) -> Scheduler:
+        return Scheduler(_publish, hostname=worker.hostname)

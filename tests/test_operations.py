@@ -182,3 +182,20 @@ def test_embedded_worker_in_the_api_process(
     log = (tmp_path / "api.log").read_text()
     assert "worker.embedded_started" in log and "worker.embedded_stopped" in log
     assert "Application shutdown complete" in log
+
+
+def test_worker_stop_stops_its_scheduler_thread(celery_app: Any) -> None:
+    """Celery's stop (and terminate) reach our bootstep: no scheduler thread outlives its worker."""
+    import threading
+
+    from celery.contrib.testing.worker import start_worker
+
+    def schedulers() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "neoforge-scheduler" and t.is_alive())
+
+    before = schedulers()
+    with start_worker(
+        celery_app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
+    ):
+        wait_until(lambda: schedulers() == before + 1, 10, "the scheduler thread")
+    wait_until(lambda: schedulers() == before, 10, "the scheduler thread gone")

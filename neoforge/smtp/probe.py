@@ -45,6 +45,10 @@ async def check_smtp(settings: Settings) -> Check:
                 await smtp.quit()
             except aiosmtplib.SMTPException:
                 smtp.close()  # login worked; a server that hangs up on QUIT is still usable
+            # A few turns of the loop, so a TLS connection finishes closing
+            # before a caller's asyncio.run() closes the loop under it.
+            for _ in range(5):
+                await asyncio.sleep(0.01)
     except TimeoutError:
         return _failed(f"no complete answer within {limit:g} s", ErrorClass.TIMEOUT)
     except Exception as exc:
