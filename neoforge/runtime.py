@@ -86,7 +86,7 @@ class Runtime:
         self.store = StatusStore(self.redis, settings.email_status_ttl)
         self.breaker = Breaker(self.redis, self.store.scripts, settings)
         # A few bulk batches at a time per process, enough to fill bulk mail's
-        # share of the SMTP connections.
+        # share of the SMTP connections (taken without waiting: tasks/batch.py).
         gate_size = max(1, bulk_connections(settings) // settings.email_bulk_batch_size)
         self.batch_gate = threading.BoundedSemaphore(gate_size)
         self._sender: Sender | None = None

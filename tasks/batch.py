@@ -1,12 +1,24 @@
-"""The ``send_batch`` task: many bulk emails from one message, their SMTP dialogues side by side."""
+"""The ``send_batch`` task: many bulk emails from one message, their SMTP dialogues side by side.
+
+A few batches run at a time per worker process (``Runtime.batch_gate``),
+enough to fill bulk mail's share of the SMTP connections. A batch that finds
+the gate full never waits for it in a pool thread: it is retried in 1-2 s
+(``Task.retry`` with a countdown). Celery keeps a countdown message in the
+consumer's timer, not in a pool thread, and raises the prefetch window by one
+for it (celery/worker/strategy.py: ``qos.increment_eventually`` before
+``call_at``), so the threads and the prefetch window stay free for
+transactional mail however large the bulk backlog. The retried message
+carries the same email ids; the ledger skips any already sent.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from celery import Task
@@ -57,7 +69,28 @@ def publish_batches(emails: Sequence[tuple[str, str]], size: int) -> None:
         raise publish_error(exc) from exc
 
 
-@app.task(bind=True, base=BatchTask, name="neoforge.send_batch")
+# Seconds before a batch that found every slot taken looks again: soon, but
+# spread, so that waiting batches neither come back together nor spin.
+_WAIT_MIN, _WAIT_SPREAD = 1.0, 1.0
+
+
+def _wait_for_slot(task: BatchTask, email_ids: list[str]) -> NoReturn:
+    """Hand the batch back to come again in 1-2 s (a new message, same ids); the pool thread is freed."""
+    try:
+        # Its emails are pending from now: the recovery sweep must not take
+        # them, waiting in their queue again, for lost ones.
+        current().store.republished(email_ids)
+    except redis.RedisError as exc:
+        raise Reject(exc, requeue=True) from exc
+    try:
+        raise task.retry(countdown=_WAIT_MIN + random.random() * _WAIT_SPREAD)
+    except Reject as rejected:
+        # Celery turns a failed re-publish into Reject(requeue=False), which
+        # would drop the batch: hand the message back instead.
+        raise Reject(rejected.reason, requeue=True) from None
+
+
+@app.task(bind=True, base=BatchTask, name="neoforge.send_batch", max_retries=None)
 def send_batch(self: BatchTask, email_ids: list[str]) -> dict[str, int]:
     """Deliver many bulk emails from one message, their SMTP dialogues side by side.
 
@@ -69,11 +102,10 @@ def send_batch(self: BatchTask, email_ids: list[str]) -> dict[str, int]:
     already sent when it comes again.
     """
     rt = current()
-    # A few batches at a time per process, enough to fill bulk mail's share
-    # of the SMTP connections: the other threads (and the CPU) stay free for
-    # transactional mail. A batch that cannot start soon goes back to its queue.
-    if not rt.batch_gate.acquire(timeout=rt.settings.broker_visibility_timeout / 4):
-        raise Reject("busy: every batch slot of this worker process is taken", requeue=True)
+    # A few batches at a time per process (module docstring); never wait here
+    # for a slot: a pool thread held by bulk is one transactional mail lacks.
+    if not rt.batch_gate.acquire(blocking=False):
+        _wait_for_slot(self, email_ids)
     try:
         worker = self.request.hostname or socket.gethostname()
         outcomes = run_many(rt, email_ids, worker, bulk=True)

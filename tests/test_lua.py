@@ -136,3 +136,23 @@ def test_charge_counts_both_and_expires(scripts: Scripts, redis_client: redis.Re
     assert scripts.charge(keys=keys, args=[1, 5]) == [1, 5]
     assert scripts.charge(keys=keys, args=[1, 2]) == [2, 7]
     assert 0 < redis_client.ttl(keys[0]) <= 120
+
+
+def test_unplaced_reports_the_unaccounted_and_drops_the_finished(
+    scripts: Scripts, redis_client: redis.Redis
+) -> None:
+    for email_id, status in [("q", "queued"), ("s", "sent"), ("r", "retrying"), ("l", "sending"),
+                             ("h", "scheduled")]:  # fmt: skip
+        redis_client.hset(email_key(email_id), mapping={"status": status, "queue": "bulk"})
+        redis_client.zadd(PENDING, {email_id: 1})
+    redis_client.zadd(PENDING, {"gone": 1})
+    redis_client.hset(email_key("q"), "celery", '{"link": []}')
+    redis_client.zadd(SCHEDULED, {"r": 2})
+    redis_client.set(lease_key("l"), "w|1")
+    ids = ["q", "s", "r", "l", "h", "gone"]
+    keys = [PENDING, SCHEDULED]
+    for email_id in ids:
+        keys += [email_key(email_id), lease_key(email_id)]
+    found = scripts.unplaced(keys=keys, args=["sent failed expired cancelled", *ids])
+    assert found == ["q", "queued", "bulk", '{"link": []}']
+    assert sorted(redis_client.zrange(PENDING, 0, -1)) == ["h", "l", "q", "r"]

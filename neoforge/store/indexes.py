@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import redis
 
 from neoforge.store.encoding import now_iso
-from neoforge.store.keys import FAILED, PENDING, SCHEDULED, email_key, recipient_key
+from neoforge.store.keys import FAILED, PENDING, SCHEDULED, email_key, lease_key, recipient_key
 from neoforge.store.scripts import Scripts
 
 __all__ = ["Indexes"]
@@ -42,6 +43,22 @@ class Indexes:
             pipe.hset(email_key(email_id), "published_ts", repr(now))
             pipe.zadd(PENDING, {email_id: now})
             pipe.execute()
+
+    def republished(self, email_ids: Sequence[str]) -> None:
+        """A message for these emails was published again: those still pending are pending from now."""
+        # XX: an email finished (or gone) meanwhile stays out of the index.
+        self.client.zadd(PENDING, dict.fromkeys(email_ids, time.time()), xx=True)
+
+    def unplaced(self, email_ids: Sequence[str], final: Iterable[str]) -> list[tuple[str, str, str, str]]:
+        """Of EMAIL_IDS, those unfinished and neither scheduled nor leased: (id, status, queue, carried).
+
+        The finished ones (no record, or a status in FINAL) leave the pending index.
+        """
+        keys = [PENDING, SCHEDULED]
+        for email_id in email_ids:
+            keys += [email_key(email_id), lease_key(email_id)]
+        flat = [str(v) for v in self.scripts.unplaced(keys=keys, args=[" ".join(final), *email_ids])]
+        return [(flat[n], flat[n + 1], flat[n + 2], flat[n + 3]) for n in range(0, len(flat), 4)]
 
     def due(self, now: float, limit: int = 500) -> list[str]:
         """Scheduled ids whose time has come, oldest first."""

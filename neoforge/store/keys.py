@@ -8,7 +8,8 @@ Keys (all under ``neoforge:``):
 - ``email:{id}:lease``     who is sending it right now (expires on its own)
 - ``failed``               sorted set: failed email ids by time of failure (dead letters)
 - ``scheduled``            sorted set: email ids by the time they are due in the broker
-- ``pending``              sorted set: published, unfinished email ids by time of publishing
+- ``pending``              sorted set: published, unfinished email ids by when their latest message
+                             was published (a bulk batch waiting for a slot is published again)
 - ``idem:{sha256}``        the email id queued under an idempotency key
 - ``rcpt:{sha256}``        hash: ids of the emails to one address, as fields (for erasure)
 - ``batch:{id}``, ``batch:{id}:emails``  a bulk send: its size, and its emails' ids in order

@@ -10,7 +10,7 @@ from redis.commands.core import Script
 
 __all__ = ["NAMES", "Scripts", "source"]
 
-NAMES = ("begin", "charge", "create", "finish_new", "pause", "purge", "release", "requeue")
+NAMES = ("begin", "charge", "create", "finish_new", "pause", "purge", "release", "requeue", "unplaced")
 
 
 @cache
@@ -33,3 +33,4 @@ class Scripts:
         self.purge: Script = client.register_script(source("purge"))
         self.release: Script = client.register_script(source("release"))
         self.requeue: Script = client.register_script(source("requeue"))
+        self.unplaced: Script = client.register_script(source("unplaced"))
