@@ -22,7 +22,7 @@ import redis
 from neoforge.breaker import Breaker
 from neoforge.redis_client import connect
 from neoforge.settings import Settings, get_settings
-from neoforge.smtp.pool import Pool, bulk_connections
+from neoforge.smtp.pool import Pool
 from neoforge.store.records import StatusStore
 
 __all__ = ["Runtime", "Sender", "close", "current"]
@@ -85,10 +85,13 @@ class Runtime:
         self.redis: redis.Redis = connect(settings.redis_url, settings.redis_tls_ca_file)
         self.store = StatusStore(self.redis, settings.email_status_ttl)
         self.breaker = Breaker(self.redis, self.store.scripts, settings)
-        # A few bulk batches at a time per process, enough to fill bulk mail's
-        # share of the SMTP connections (taken without waiting: tasks/batch.py).
-        gate_size = max(1, bulk_connections(settings) // settings.email_bulk_batch_size)
-        self.batch_gate = threading.BoundedSemaphore(gate_size)
+        # Bulk batches at once per process: half of its threads, so the other
+        # half is always free for transactional mail (which also keeps a fifth
+        # of the SMTP connections: bulk dialogues wait for theirs on the sender
+        # loop). A batch finding the gate full waits in Celery's timer, not in
+        # a thread (tasks/batch.py).
+        threads = (settings.worker_concurrency or 32) if settings.worker_pool == "threads" else 1
+        self.batch_gate = threading.BoundedSemaphore(max(1, threads // 2))
         self._sender: Sender | None = None
         self._lock = threading.Lock()
 

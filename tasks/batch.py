@@ -1,9 +1,9 @@
 """The ``send_batch`` task: many bulk emails from one message, their SMTP dialogues side by side.
 
-A few batches run at a time per worker process (``Runtime.batch_gate``),
-enough to fill bulk mail's share of the SMTP connections. A batch that finds
-the gate full never waits for it in a pool thread: it is retried in 1-2 s
-(``Task.retry`` with a countdown). Celery keeps a countdown message in the
+At most half a worker process's threads run batches (``Runtime.batch_gate``);
+their dialogues wait for bulk mail's share of the SMTP connections on the
+sender loop. A batch that finds the gate full waits for it a quarter of a
+second at most, then is retried in 1-2 s (``Task.retry`` with a countdown). Celery keeps a countdown message in the
 consumer's timer, not in a pool thread, and raises the prefetch window by one
 for it (celery/worker/strategy.py: ``qos.increment_eventually`` before
 ``call_at``), so the threads and the prefetch window stay free for
@@ -102,9 +102,11 @@ def send_batch(self: BatchTask, email_ids: list[str]) -> dict[str, int]:
     already sent when it comes again.
     """
     rt = current()
-    # A few batches at a time per process (module docstring); never wait here
-    # for a slot: a pool thread held by bulk is one transactional mail lacks.
-    if not rt.batch_gate.acquire(blocking=False):
+    # Half the threads at most run batches (module docstring). A batch waits
+    # here a quarter of a second at most, then in Celery's timer: a pool
+    # thread held by bulk is one transactional mail lacks, and a retry for
+    # every brief wait would cost more than the wait.
+    if not rt.batch_gate.acquire(timeout=0.25):
         _wait_for_slot(self, email_ids)
     try:
         worker = self.request.hostname or socket.gethostname()
