@@ -4,10 +4,11 @@ At most half a worker process's threads run batches (``Runtime.batch_gate``);
 their dialogues wait for bulk mail's share of the SMTP connections on the
 sender loop. A batch that finds the gate full waits for it a quarter of a
 second at most, then is retried in 1-2 s (``Task.retry`` with a countdown).
-Celery keeps a countdown message in the consumer's timer, not in a pool thread, and raises the prefetch window by one
-for it (celery/worker/strategy.py: ``qos.increment_eventually`` before
-``call_at``), so the threads and the prefetch window stay free for
-transactional mail however large the bulk backlog. The retried message
+Celery keeps a countdown message in the consumer's timer, not in a pool
+thread, and raises the prefetch window by one for it
+(celery/worker/strategy.py: ``qos.increment_eventually`` before ``call_at``),
+so the threads and the prefetch window stay free for transactional mail
+however large the bulk backlog. The retried message
 carries the same email ids; the ledger skips any already sent.
 """
 
