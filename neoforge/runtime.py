@@ -22,7 +22,7 @@ import redis
 from neoforge.breaker import Breaker
 from neoforge.redis_client import connect
 from neoforge.settings import Settings, get_settings
-from neoforge.smtp.pool import Pool
+from neoforge.smtp.pool import Pool, bulk_connections
 from neoforge.store.records import StatusStore
 
 __all__ = ["Runtime", "Sender", "close", "current"]
@@ -85,13 +85,15 @@ class Runtime:
         self.redis: redis.Redis = connect(settings.redis_url, settings.redis_tls_ca_file)
         self.store = StatusStore(self.redis, settings.email_status_ttl)
         self.breaker = Breaker(self.redis, self.store.scripts, settings)
-        # Bulk batches at once per process: half of its threads, so the other
-        # half is always free for transactional mail (which also keeps a fifth
-        # of the SMTP connections: bulk dialogues wait for theirs on the sender
-        # loop). A batch finding the gate full waits in Celery's timer, not in
-        # a thread (tasks/batch.py).
+        # Bulk batches at once per process: enough to keep bulk mail's share of
+        # the SMTP connections busy while some batches finish (twice what it
+        # holds), never more than half the threads, so the others are always
+        # free for transactional mail (which also keeps a fifth of the
+        # connections). A batch finding the gate full waits in Celery's timer,
+        # not in a thread (tasks/batch.py).
         threads = (settings.worker_concurrency or 32) if settings.worker_pool == "threads" else 1
-        self.batch_gate = threading.BoundedSemaphore(max(1, threads // 2))
+        wanted = 2 * bulk_connections(settings) // settings.email_bulk_batch_size
+        self.batch_gate = threading.BoundedSemaphore(max(1, min(threads // 2, wanted)))
         self._sender: Sender | None = None
         self._lock = threading.Lock()
 
