@@ -111,11 +111,17 @@ class Runtime:
 
     def close(self, wait: float = 0.0) -> None:
         """Stop the sender (see ``Sender.close``) and close the Redis client."""
+        self.retire(wait)
+        self.redis.close()
+
+    def retire(self, wait: float = 0.0) -> None:
+        """Stop the sender only: a thread may still hold this runtime and use its Redis client,
+        whose connections close when the last reference goes (closing them now would cut a
+        command in flight)."""
         with self._lock:
             sender, self._sender = self._sender, None
         if sender is not None:
             sender.close(wait)
-        self.redis.close()
 
 
 _current: Runtime | None = None
@@ -134,7 +140,7 @@ def current() -> Runtime:
             if _current is not None:
                 # Retired, not cut off: a task may still be mid-dialogue on it.
                 old = _current
-                threading.Thread(target=old.close, args=(60.0,), name="neoforge-retire", daemon=True).start()
+                threading.Thread(target=old.retire, args=(60.0,), name="neoforge-retire", daemon=True).start()
             _current = Runtime(settings)
         return _current
 
