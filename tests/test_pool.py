@@ -13,7 +13,7 @@ from neoforge.processes import free_port, wait_until
 from neoforge.runtime import Sender
 from neoforge.settings import get_settings
 from neoforge.smtp import Pool, deliver
-from tests.tls_smtp import PASSWORD, USER, TlsSmtpServer
+from tests.tls_smtp import TlsSmtpServer, smtp_settings
 
 MESSAGE = b"From: noreply@probe.test\r\nTo: someone@probe.test\r\nSubject: pool\r\n\r\nhello\r\n"
 
@@ -31,15 +31,7 @@ def point_at(tls_server: TlsSmtpServer, settings_env: Any) -> Any:
     tls_server.reset()
 
     def point(**overrides: str) -> None:
-        values = {
-            "SMTP_HOST": "localhost",
-            "SMTP_PORT": str(tls_server.port),
-            "SMTP_STARTTLS": "true",
-            "SMTP_CA_FILE": str(tls_server.ca_file),
-            "SMTP_USER": USER,
-            "SMTP_PASSWORD": PASSWORD,
-        }
-        settings_env(**{**values, **overrides})
+        settings_env(**smtp_settings(tls_server, **overrides))
 
     return point
 

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from neoforge.processes import free_port, wait_until
 from tests.smtp_server import SmtpServer
-from tests.tls_smtp import PASSWORD, USER, TlsSmtpServer
+from tests.tls_smtp import PASSWORD, USER, TlsSmtpServer, smtp_settings
 
 WRONG = "wrong-password-9876"
 
@@ -38,15 +38,7 @@ def use_tls_server(tls_server: TlsSmtpServer, settings_env: Callable[..., None])
     tls_server.reset()
 
     def point(**overrides: str) -> None:
-        values = {
-            "SMTP_HOST": "localhost",
-            "SMTP_PORT": str(tls_server.port),
-            "SMTP_STARTTLS": "true",
-            "SMTP_CA_FILE": str(tls_server.ca_file),
-            "SMTP_USER": USER,
-            "SMTP_PASSWORD": PASSWORD,
-        }
-        settings_env(**{**values, **overrides})
+        settings_env(**smtp_settings(tls_server, **overrides))
 
     return point
 

@@ -214,3 +214,16 @@ class TlsSmtpServer:
     def reset(self) -> None:
         self.handler.reset()
         self.sessions.reset()
+
+
+def smtp_settings(server: TlsSmtpServer, **overrides: str) -> dict[str, str]:
+    """The SMTP_* settings that point at SERVER (as localhost, with its CA and login), with OVERRIDES."""
+    values = {
+        "SMTP_HOST": "localhost",
+        "SMTP_PORT": str(server.port),
+        "SMTP_STARTTLS": "true",
+        "SMTP_CA_FILE": str(server.ca_file),
+        "SMTP_USER": USER,
+        "SMTP_PASSWORD": PASSWORD,
+    }
+    return {**values, **overrides}
