@@ -12,6 +12,7 @@ from neoforge.errors import (
     InvalidEmail,
     NeoforgeError,
     PermanentDeliveryError,
+    QueueFull,
     QueueUnavailable,
     TransientDeliveryError,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidEmail",
     "NeoforgeError",
     "PermanentDeliveryError",
+    "QueueFull",
     "QueueUnavailable",
     "Settings",
     "TransientDeliveryError",

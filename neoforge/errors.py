@@ -7,6 +7,7 @@ The whole tree::
     ├── InvalidEmail             an email was refused before anything was queued
     ├── EmailNotFound            no email was ever queued under that id
     ├── QueueUnavailable         Redis (broker or status store) cannot be reached
+    │   └── QueueFull            Redis answers but refuses writes: maxmemory reached, or persistence failing
     └── DeliveryError            the SMTP server did not take the message
         ├── TransientDeliveryError   worth retrying: 4xx, connection, timeout
         ├── PermanentDeliveryError   not worth retrying: 5xx, refused recipients, bad message
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidEmail",
     "NeoforgeError",
     "PermanentDeliveryError",
+    "QueueFull",
     "QueueUnavailable",
     "SetupError",
     "TransientDeliveryError",
@@ -89,6 +91,10 @@ class EmailNotFound(NeoforgeError, LookupError):
 
 class QueueUnavailable(NeoforgeError):
     """Raised when Redis cannot be reached to queue or read an email; nothing was queued."""
+
+
+class QueueFull(QueueUnavailable):
+    """Raised when Redis answers but refuses writes (maxmemory, or its disk failing); nothing was queued."""
 
 
 class DeliveryError(NeoforgeError):

@@ -8,10 +8,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from neoforge.errors import QueueUnavailable
+from neoforge.errors import QueueFull, QueueUnavailable
 from neoforge.settings import get_settings
 
-__all__ = ["connect", "safe_url", "unavailable"]
+__all__ = ["connect", "safe_url", "storage_full", "unavailable"]
 
 
 def connect(url: str, ca_file: Path | None = None) -> redis.Redis:
@@ -40,8 +40,24 @@ def safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+def storage_full(exc: BaseException) -> bool:
+    """True when EXC is Redis refusing a write for want of memory (maxmemory) or of a working disk."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return True
+    # Inside a Lua script the refusal comes wrapped: "Error running script ...: -OOM command not allowed".
+    text = str(exc)
+    return isinstance(exc, redis.ResponseError) and ("OOM command not allowed" in text or "MISCONF" in text)
+
+
 def unavailable(exc: BaseException) -> QueueUnavailable:
-    """A QueueUnavailable naming the configured Redis URL (password hidden) and the error's type."""
+    """A QueueUnavailable naming the configured Redis URL (password hidden) and the error's type.
+
+    QueueFull when Redis answered but refused the write (maxmemory, persistence failing).
+    """
+    if storage_full(exc):
+        why = "persistence failing" if "MISCONF" in str(exc) else "maxmemory reached"
+        return QueueFull(f"the queue's storage is full: Redis at {safe_url(get_settings().redis_url)} "
+                         f"refuses writes ({why})")  # fmt: skip
     return QueueUnavailable(
         f"cannot reach Redis at {safe_url(get_settings().redis_url)}: {type(exc).__name__}"
     )

@@ -51,8 +51,9 @@ _CARRIED = ("link", "link_error", "chain", "chord", "group_id", "group_index", "
 
 
 def publish_error(exc: BaseException) -> QueueUnavailable:
-    """The QueueUnavailable for a failed publish (kombu's OperationalError carries only text)."""
-    return unavailable(exc if isinstance(exc, redis.RedisError | OSError) else OSError(str(exc)))
+    """The QueueUnavailable (or QueueFull) for a failed publish; kombu's OperationalError wraps the cause."""
+    cause = exc if isinstance(exc, redis.RedisError | OSError) else (exc.__cause__ or exc.__context__)
+    return unavailable(cause if isinstance(cause, redis.RedisError | OSError) else OSError(str(exc)))
 
 
 def _delay(options: dict[str, Any]) -> float:

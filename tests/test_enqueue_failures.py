@@ -50,3 +50,27 @@ def test_api_answers_503_when_redis_is_down(api: Any, settings_env: Any) -> None
     assert response.status_code == 503
     assert "cannot reach Redis" in response.json()["detail"]
     assert api.get("/health").status_code == 503
+
+
+def test_redis_full_is_a_clear_503_and_nothing_is_queued(api: Any, redis_client: redis.Redis) -> None:
+    """Redis at maxmemory (noeviction) answers but refuses writes: 503 saying so, never a 500."""
+    from neoforge import QueueFull
+    from tasks import send_email
+    from tests.conftest import AUTH
+
+    email = {"to": ["full@example.com"], "subject": "full", "text": "x"}
+    used = int(redis_client.info("memory")["used_memory"])
+    redis_client.config_set("maxmemory", max(1, used // 2))  # over the limit already
+    try:
+        response = api.post("/emails", json=email, headers=AUTH)
+        assert response.status_code == 503, response.text
+        assert "storage is full" in response.json()["detail"]
+        health = api.get("/health")
+        assert health.status_code == 503 and health.json()["redis"] == "full"
+        with pytest.raises(QueueFull, match="storage is full"):
+            send_email.delay(**email)
+    finally:
+        redis_client.config_set("maxmemory", 0)
+    assert no_email_left(redis_client)
+    assert api.get("/health").status_code == 200
+    assert api.post("/emails", json=email, headers=AUTH).status_code == 202

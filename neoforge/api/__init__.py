@@ -19,10 +19,10 @@ from neoforge.api.middleware import BodyLimit, StartupCheck
 from neoforge.api.ops import Readiness, health, metrics, ready
 from neoforge.api.routes import batches, emails, sending
 from neoforge.embedded import EmbeddedWorker
-from neoforge.errors import InvalidEmail, QueueUnavailable
+from neoforge.errors import InvalidEmail, QueueFull, QueueUnavailable
 from neoforge.logs import configure_logging, log_event
 from neoforge.ratelimit import RateLimited
-from neoforge.redis_client import safe_url
+from neoforge.redis_client import safe_url, storage_full
 from neoforge.schemas import Health
 from neoforge.settings import get_settings
 
@@ -49,10 +49,15 @@ async def _rate_limited(_: Request, exc: Exception) -> JSONResponse:
 
 async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     # The details (which Redis, which error) go to the log, not to API clients.
-    log_event(logger, "api.redis_unavailable", logging.WARNING, reason=type(exc).__name__)
-    return JSONResponse(
-        {"detail": "cannot reach Redis: try again later"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
-    )
+    if isinstance(exc, QueueFull) or storage_full(exc):
+        log_event(logger, "api.redis_full", logging.WARNING, reason=type(exc).__name__)
+        detail = "the queue's storage is full: nothing was queued; try again later"
+    elif isinstance(exc, redis.ResponseError):
+        raise exc  # any other refusal is a defect: a 500
+    else:
+        log_event(logger, "api.redis_unavailable", logging.WARNING, reason=type(exc).__name__)
+        detail = "cannot reach Redis: try again later"
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 @asynccontextmanager
@@ -116,5 +121,7 @@ def create_app() -> FastAPI:
     # Redis out of reach in any route is a 503; other Redis errors are defects (500).
     app.add_exception_handler(redis.ConnectionError, _unavailable)
     app.add_exception_handler(redis.TimeoutError, _unavailable)
+    # Redis full (maxmemory) or its disk failing: a 503 that says so, never a 500.
+    app.add_exception_handler(redis.ResponseError, _unavailable)
     app.add_exception_handler(RateLimited, _rate_limited)
     return app

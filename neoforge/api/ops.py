@@ -30,16 +30,24 @@ def metrics() -> Response:
 
 
 def _redis_state() -> str:
-    """The word "ok" when Redis answers, else the name of the error."""
+    """ "ok" when Redis answers and takes writes; "full" at maxmemory or with persistence failing;
+    else the name of the error."""
+    client = current().redis
     try:
-        current().redis.ping()
+        client.ping()
+        info = client.info("memory") | client.info("persistence")
     except redis.RedisError as exc:
         return type(exc).__name__
+    limit = int(info.get("maxmemory") or 0)
+    if limit and int(info.get("used_memory") or 0) >= limit * 0.98:
+        return "full"
+    if info.get("rdb_last_bgsave_status") == "err" or info.get("aof_last_write_status") == "err":
+        return "full"
     return "ok"
 
 
 def health() -> JSONResponse:
-    """200 when Redis answers, 503 when it does not."""
+    """200 when Redis answers and takes writes; 503 when it does not, or is full (``"redis": "full"``)."""
     redis_state = _redis_state()
     if redis_state != "ok":
         body = Health(status="unavailable", redis=redis_state)
