@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,30 @@ def no_email_left(client: redis.Redis) -> bool:
     return not list(client.scan_iter("neoforge:email:*")) and not any(
         client.zcard(f"neoforge:{index}") for index in ("pending", "scheduled", "failed")
     )
+
+
+@pytest.fixture
+def cli_workers(
+    tmp_path: Path, environment: dict[str, str]
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Real ``celery -A tasks worker`` processes, stopped after the test.
+
+    ``start(queues=None, *args, **env)``: QUEUES for ``-Q`` (None: the configured ones), extra
+    command-line ARGS, and ENV on top of the test environment.
+    """
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(queues: str | None = None, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        name = f"w{len(started)}-{uuid.uuid4().hex[:6]}"
+        command = ["worker", "--loglevel", "INFO", "--hostname", f"{name}@%h", "--without-gossip",
+                   "--without-mingle", *args, *(["-Q", queues] if queues else [])]  # fmt: skip
+        process = celery_cli(*command, env={**environment, **env}, log=tmp_path / f"{name}.log")
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        stop(process, timeout=30)
 
 
 def celery_cli(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -13,15 +13,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from neoforge.processes import free_port, stop, wait_until
-from tests.conftest import RedisServer, celery_cli, wait_for_status
+from neoforge.processes import free_port, wait_until
+from tests.conftest import RedisServer, wait_for_status
 from tests.smtp_server import SmtpServer
 from tests.tcp_proxy import TcpProxy
 
@@ -39,22 +39,11 @@ StartWorker = Callable[..., subprocess.Popen[bytes]]
 
 
 @pytest.fixture
-def start_cli_worker(tmp_path: Path, environment: dict[str, str]) -> Iterator[StartWorker]:
-    started: list[subprocess.Popen[bytes]] = []
-
+def start_cli_worker(cli_workers: Callable[..., subprocess.Popen[bytes]]) -> StartWorker:
     def start(queue: str, concurrency: int = 2, **env: str) -> subprocess.Popen[bytes]:
-        name = f"w{len(started)}-{uuid.uuid4().hex[:6]}"
-        process = celery_cli(
-            "worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
-            "-Q", queue, "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle",
-            env={**environment, **FAULT_ENV, **env}, log=tmp_path / f"{name}.log",
-        )  # fmt: skip
-        started.append(process)
-        return process
+        return cli_workers(queue, "--concurrency", str(concurrency), **{**FAULT_ENV, **env})
 
-    yield start
-    for process in started:
-        stop(process, timeout=20)
+    return start
 
 
 def _queue() -> str:

@@ -10,16 +10,15 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from neoforge.processes import stop, wait_until
-from tests.conftest import celery_cli, wait_for_status
+from tests.conftest import wait_for_status
 from tests.smtp_server import SmtpServer
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
@@ -48,23 +47,13 @@ RECOVERY_ENV = {
 
 
 @pytest.fixture
-def start_cli_worker(tmp_path: Path, environment: dict[str, str]) -> Iterator[StartWorker]:
+def start_cli_worker(cli_workers: Callable[..., subprocess.Popen[bytes]]) -> StartWorker:
     """The real worker CLI; ``queues`` None means the configured ones (transactional, bulk, celery)."""
-    started: list[subprocess.Popen[bytes]] = []
 
     def start(env: dict[str, str], queues: str | None = None) -> subprocess.Popen[bytes]:
-        name = f"load{len(started)}-{uuid.uuid4().hex[:6]}"
-        args = ["worker", "--loglevel", "INFO", "--hostname", f"{name}@%h", "--without-gossip",
-                "--without-mingle"]  # fmt: skip
-        if queues:
-            args += ["-Q", queues]
-        process = celery_cli(*args, env={**environment, **env}, log=tmp_path / f"{name}.log")
-        started.append(process)
-        return process
+        return cli_workers(queues, **env)
 
-    yield start
-    for process in started:
-        stop(process, timeout=20)
+    return start
 
 
 def _statuses(client: redis.Redis, ids: list[str]) -> list[str]:

@@ -11,10 +11,9 @@ import email
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import default
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ import redis
 
 from neoforge.processes import stop, wait_until
 from neoforge.runtime import current
-from tests.conftest import AUTH, celery_cli, wait_for_status
+from tests.conftest import AUTH, wait_for_status
 from tests.postfix import Postfix, postfix_server
 
 __all__ = ["postfix_server"]  # the fixture, imported for pytest
@@ -197,21 +196,11 @@ def test_certificates_private_ca_or_a_pause(
 
 
 @pytest.fixture
-def cli_worker(tmp_path: Path, environment: dict[str, str]) -> Iterator[Callable[..., Any]]:
-    started: list[Any] = []
-
+def cli_worker(cli_workers: Callable[..., Any]) -> Callable[..., Any]:
     def start(queue: str, **env: str) -> Any:
-        process = celery_cli(
-            "worker", "--loglevel", "INFO", "-Q", queue, "--hostname", f"pf-{uuid.uuid4().hex[:6]}@%h",
-            "--without-gossip", "--without-mingle", env={**environment, **env},
-            log=tmp_path / f"worker{len(started)}.log",
-        )  # fmt: skip
-        started.append(process)
-        return process
+        return cli_workers(queue, **env)
 
-    yield start
-    for process in started:
-        stop(process, timeout=30)
+    return start
 
 
 def test_wrong_password_pauses_without_leaking_sessions(

@@ -34,8 +34,11 @@ def _redis_state() -> str:
     else the name of the error."""
     client = current().redis
     try:
-        client.ping()
-        info = client.info("memory") | client.info("persistence")
+        with client.pipeline(transaction=False) as pipe:
+            pipe.info("memory")
+            pipe.info("persistence")
+            memory, persistence = pipe.execute()
+        info = memory | persistence
     except redis.RedisError as exc:
         return type(exc).__name__
     limit = int(info.get("maxmemory") or 0)

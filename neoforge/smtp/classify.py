@@ -30,6 +30,10 @@ def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
+def _login_refused(code: int, message: str) -> SetupError:
+    return SetupError(f"login refused: {code} {mask_addresses(message)}", code, ErrorClass.AUTH)
+
+
 def reply_error(code: int, message: str) -> DeliveryError:
     """The error for a reply CODE to MAIL or DATA (or a refusal of every recipient)."""
     text = f"{code} {mask_addresses(message)}"
@@ -54,9 +58,7 @@ def classify(exc: BaseException, phase: str) -> DeliveryError:
     if tls is not None:
         return SetupError(f"TLS failed: {type(tls).__name__}: {tls}", None, ErrorClass.TLS)
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        return SetupError(
-            f"login refused: {exc.code} {mask_addresses(exc.message)}", exc.code, ErrorClass.AUTH
-        )
+        return _login_refused(exc.code, exc.message)
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         codes = [item.code for item in exc.recipients]
         text = "; ".join(f"{item.code} {mask_addresses(item.message)}" for item in exc.recipients)
@@ -69,9 +71,7 @@ def classify(exc: BaseException, phase: str) -> DeliveryError:
         )
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         if phase == "connect" and exc.code in (530, 534, 535, 538):
-            return SetupError(
-                f"login refused: {exc.code} {mask_addresses(exc.message)}", exc.code, ErrorClass.AUTH
-            )
+            return _login_refused(exc.code, exc.message)
         return reply_error(exc.code, exc.message)
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPTimeoutError) and phase == "data":
         return PermanentDeliveryError(
