@@ -11,6 +11,7 @@ import ssl
 from kombu import Queue
 
 from neoforge.errors import ConfigurationError
+from neoforge.redis_client import celery_urls
 from neoforge.settings import get_settings
 
 try:
@@ -19,9 +20,12 @@ except ConfigurationError as _exc:
     # One line naming the variable, not a traceback.
     raise SystemExit(f"neoforge: {_exc}") from None
 
-broker_url = _settings.redis_url
+# REDIS_URL, or with REDIS_SENTINELS kombu's and Celery's own Sentinel clients.
+broker_url, _sentinel_options = celery_urls(_settings)
 # "class+url": Celery's Redis backend, without a subscription per publish.
-result_backend = f"tasks.results:QuietRedisBackend+{_settings.redis_url}"
+_backend = "QuietSentinelBackend" if _sentinel_options else "QuietRedisBackend"
+result_backend = f"tasks.results:{_backend}+{broker_url}"
+result_backend_transport_options = dict(_sentinel_options)
 
 task_serializer = "json"
 result_serializer = "json"
@@ -80,6 +84,7 @@ broker_transport_options = {
     "unacked_restore_throttle": 1,
     "socket_timeout": 15.0,
     "socket_connect_timeout": 5.0,
+    **_sentinel_options,
 }
 task_time_limit = _settings.email_task_time_limit
 task_publish_retry = True

@@ -26,6 +26,7 @@ from neoforge.redact import mask_addresses
 from neoforge.settings import Settings, get_settings
 from neoforge.store import StatusStore, event, iso
 from neoforge.store.batches import create_batch
+from neoforge.store.keys import METRICS
 from neoforge.templates import Rendered, render
 
 __all__ = [
@@ -167,6 +168,7 @@ def record(
     if not created:
         log_event(logger, "email.duplicate", id=recorded)
         return recorded, None
+    replicate(store.client, settings, 1)
     status = "queued" if due is None else "scheduled"
     log_event(logger, "email.queued", id=email_id, status=status, template=request.template, queue=queue,
               scheduled=due is not None)  # fmt: skip
@@ -194,8 +196,35 @@ def record_bulk(
                 if due is None:
                     due_now.append((email_id, request.priority))
             pipe.execute()
+            replicate(store.client, get_settings(), len(chunk))
     create_batch(store.client, batch_id, list(ids), requests[0].template or "", store.status_ttl + 31 * 86400)
     return due_now
+
+
+def replicate(client: redis.Redis, settings: Settings, emails: int) -> None:
+    """Wait (REDIS_WAIT_TIMEOUT at most) until REDIS_WAIT_REPLICAS replicas have this client's writes.
+
+    Only the record needs it: a broker message lost in a failover is published again from the
+    record by the recovery sweep. A timeout is counted and logged, and the email stays accepted;
+    for the next ten timeouts' time this process does not wait at all (no replica answering,
+    e.g. right after a failover, must not add the timeout to every enqueue).
+    """
+    if settings.redis_wait_replicas and time.monotonic() >= _degraded_until[0]:
+        acked = client.wait(settings.redis_wait_replicas, int(settings.redis_wait_timeout * 1000))
+        _counted(client, settings, acked, emails)
+    elif settings.redis_wait_replicas:
+        client.hincrby(METRICS, "unreplicated", emails)
+
+
+_degraded_until = [0.0]
+
+
+def _counted(client: redis.Redis, settings: Settings, acked: int, emails: int) -> None:
+    if acked < settings.redis_wait_replicas:
+        _degraded_until[0] = time.monotonic() + 10 * settings.redis_wait_timeout
+        client.hincrby(METRICS, "unreplicated", emails)
+        log_event(logger, "email.unreplicated", logging.WARNING, emails=emails, replicas=acked,
+                  wanted=settings.redis_wait_replicas)  # fmt: skip
 
 
 def invalid_error(exc: InvalidEmail) -> PermanentDeliveryError:

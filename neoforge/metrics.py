@@ -131,6 +131,11 @@ def _counters(values: dict[str, str]) -> Iterator[Metric]:
         "expired": CounterMetricFamily(
             "neoforge_emails_expired", "Emails that expired unsent.", labels=["priority"]
         ),
+        "unreplicated": CounterMetricFamily(
+            "neoforge_emails_unreplicated",
+            "Emails accepted although no replica confirmed their record within REDIS_WAIT_TIMEOUT.",
+            labels=[],
+        ),
         "paused": CounterMetricFamily(
             "neoforge_sending_pauses",
             "Times sending was paused (or kept paused) by a setup failure.",

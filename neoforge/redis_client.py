@@ -2,30 +2,66 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
+from redis.sentinel import Sentinel
 
 from neoforge.errors import QueueFull, QueueUnavailable
-from neoforge.settings import get_settings
+from neoforge.settings import Settings, get_settings
 
-__all__ = ["connect", "safe_url", "storage_full", "unavailable"]
+__all__ = ["celery_urls", "connect", "safe_url", "storage_full", "unavailable", "where"]
+
+_TIMEOUTS = {"socket_connect_timeout": 5, "socket_timeout": 10}
 
 
-def connect(url: str, ca_file: Path | None = None) -> redis.Redis:
-    """A new client for URL, safe to share between threads (each command borrows a pooled connection)."""
-    options: dict[str, Any] = {
-        "decode_responses": True,
-        "socket_connect_timeout": 5,
-        "socket_timeout": 10,
-        "health_check_interval": 30,
-    }
+def connect(settings: Settings) -> redis.Redis:
+    """A new client for our keys, safe to share between threads (each command borrows a pooled
+    connection). With Sentinels, a client of the current primary that finds the new one after a
+    failover (redis-py's ``Sentinel.master_for``)."""
+    url, ca_file = settings.redis_url, settings.redis_tls_ca_file
+    options: dict[str, Any] = {"decode_responses": True, "health_check_interval": 30, **_TIMEOUTS}
     if url.startswith("rediss://"):
         # redis-py checks certificates for rediss:// by default; say so anyway.
         options |= {"ssl_cert_reqs": "required", "ssl_ca_certs": str(ca_file) if ca_file else None}
-    return redis.Redis.from_url(url, **options)
+    if not settings.redis_sentinels:
+        return redis.Redis.from_url(url, **options)
+    parts = urlsplit(url)
+    if parts.scheme == "rediss":
+        options["ssl"] = True
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        settings.redis_sentinels, sentinel_kwargs=_sentinel_kwargs(settings), **_TIMEOUTS
+    )
+    database = int(parts.path.strip("/") or 0)
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        settings.redis_sentinel_master, db=database, username=parts.username or None,
+        password=parts.password, **options,
+    )  # fmt: skip
+    return client
+
+
+def _sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+    password = settings.redis_sentinel_password
+    return {**_TIMEOUTS, **({"password": password.get_secret_value()} if password else {})}
+
+
+def celery_urls(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """Celery's broker URL (also its result backend's) and the transport options Sentinel adds.
+
+    Without Sentinels: REDIS_URL and nothing. With them, kombu's and Celery's own Sentinel
+    support (``sentinel://`` URLs separated by ``;``, ``master_name`` and ``sentinel_kwargs``
+    in the transport options): the broker, the result backend and Flower follow a failover.
+    """
+    if not settings.redis_sentinels:
+        return settings.redis_url, {}
+    parts = urlsplit(settings.redis_url)
+    auth = ""
+    if parts.password is not None:
+        auth = f"{quote(parts.username or '', safe='')}:{quote(parts.password, safe='')}@"
+    database = parts.path.strip("/") or "0"
+    url = ";".join(f"sentinel://{auth}{host}:{port}/{database}" for host, port in settings.redis_sentinels)
+    return url, {"master_name": settings.redis_sentinel_master, "sentinel_kwargs": _sentinel_kwargs(settings)}
 
 
 def safe_url(url: str) -> str:
@@ -56,8 +92,14 @@ def unavailable(exc: BaseException) -> QueueUnavailable:
     """
     if storage_full(exc):
         why = "persistence failing" if "MISCONF" in str(exc) else "maxmemory reached"
-        return QueueFull(f"the queue's storage is full: Redis at {safe_url(get_settings().redis_url)} "
+        return QueueFull(f"the queue's storage is full: Redis at {where(get_settings())} "
                          f"refuses writes ({why})")  # fmt: skip
-    return QueueUnavailable(
-        f"cannot reach Redis at {safe_url(get_settings().redis_url)}: {type(exc).__name__}"
-    )
+    return QueueUnavailable(f"cannot reach Redis at {where(get_settings())}: {type(exc).__name__}")
+
+
+def where(settings: Settings) -> str:
+    """The configured Redis, for messages: REDIS_URL (password hidden), or the Sentinels asked."""
+    if not settings.redis_sentinels:
+        return safe_url(settings.redis_url)
+    sentinels = ",".join(f"{host}:{port}" for host, port in settings.redis_sentinels)
+    return f"the primary {settings.redis_sentinel_master!r} of the Sentinels {sentinels}"

@@ -82,7 +82,7 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis: redis.Redis = connect(settings.redis_url, settings.redis_tls_ca_file)
+        self.redis: redis.Redis = connect(settings)
         self.store = StatusStore(self.redis, settings.email_status_ttl)
         self.breaker = Breaker(self.redis, self.store.scripts, settings)
         # Bulk batches at once per process: enough to keep bulk mail's share of

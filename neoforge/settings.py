@@ -26,6 +26,21 @@ class Settings(BaseSettings):
     # Redis: broker, result backend and our status store, all in one database.
     redis_url: str = "redis://redis:6379/0"
     redis_tls_ca_file: Path | None = None  # CA bundle for rediss:// (default: the system's)
+    # High availability: Redis Sentinel addresses ("host:port,host:port"). When
+    # set, every client (broker, result backend, status store, API) asks them
+    # for the current primary of REDIS_SENTINEL_MASTER and follows a failover;
+    # REDIS_URL then gives only the database, password and scheme (its host and
+    # port are not used). REDIS_SENTINEL_PASSWORD is the Sentinels' own.
+    redis_sentinels: Annotated[list[tuple[str, int]], NoDecode] = []
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: SecretStr | None = None
+    # Acknowledged means replicated: after recording an email, wait until this
+    # many replicas have it (Redis WAIT), at most REDIS_WAIT_TIMEOUT seconds.
+    # A timeout still accepts the email (it is on the primary) and is counted
+    # in neoforge_unreplicated_total; Redis's min-replicas-to-write is how to
+    # refuse writes outright while replicas are missing.
+    redis_wait_replicas: int = Field(0, ge=0, le=10)
+    redis_wait_timeout: float = Field(0.5, gt=0, le=30)
 
     # SMTP
     smtp_host: str = "localhost"
@@ -132,6 +147,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _sentinel_addresses(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        addresses = []
+        for item in (part.strip() for part in value.split(",")):
+            if not item:
+                continue
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{item!r} is not host:port")
+            addresses.append((host, int(port)))
+        return addresses
 
     @field_validator("email_allowed_domains")
     @classmethod

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 
-__all__ = ["QuietRedisBackend"]
+__all__ = ["QuietRedisBackend", "QuietSentinelBackend"]
 
 
 class QuietRedisBackend(RedisBackend):  # type: ignore[misc]
@@ -20,6 +20,13 @@ class QuietRedisBackend(RedisBackend):  # type: ignore[misc]
     subscribes when called, then reads the stored result in case it is there
     already (``on_wait_for_pending``).
     """
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
+
+class QuietSentinelBackend(SentinelBackend):  # type: ignore[misc]
+    """Celery's Sentinel backend (it follows a failover), quiet on publish as above."""
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         return None

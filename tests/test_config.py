@@ -54,6 +54,7 @@ def test_configuration_reaches_the_app() -> None:
         ("SMTP_PORT", "99999"),
         ("REDIS_URL", "http://x"),
         ("EMAIL_RETRY_BACKOFF", "-1"),
+        ("REDIS_SENTINELS", "sentinel-without-a-port"),
     ],
 )
 @pytest.mark.parametrize(

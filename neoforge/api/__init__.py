@@ -22,7 +22,7 @@ from neoforge.embedded import EmbeddedWorker
 from neoforge.errors import InvalidEmail, QueueFull, QueueUnavailable
 from neoforge.logs import configure_logging, log_event
 from neoforge.ratelimit import RateLimited
-from neoforge.redis_client import safe_url, storage_full
+from neoforge.redis_client import storage_full, where
 from neoforge.schemas import Health
 from neoforge.settings import get_settings
 
@@ -67,7 +67,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     configure_logging(settings.log_level, settings.log_format)
     if not settings.api_keys:
         logger.warning("API_KEYS is not set: /emails answers 503 until it is")
-    log_event(logger, "api.started", redis=safe_url(settings.redis_url))
+    log_event(logger, "api.started", redis=where(settings))
     embedded = EmbeddedWorker() if settings.embedded_worker else None
     if embedded is not None:
         embedded.start()
