@@ -178,6 +178,7 @@ def test_viewer_reads_but_cannot_requeue(context: BrowserContext, smtp_server: S
 
     refused = context.request.post(f"/console/emails/{failed}/requeue", form={"csrf": _csrf(page)})
     assert refused.status == 403 and "operators only" in refused.text()
+    assert refused.headers["content-type"].startswith("text/html")
     refused = context.request.post(
         "/console/dead-letters/requeue", form={"csrf": _csrf(page), "error_class": "recipient_rejected"}
     )
@@ -262,8 +263,9 @@ def test_preview_is_sandboxed_and_an_unsent_email_can_be_cancelled(context: Brow
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Pixel)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     pixel = f"http://127.0.0.1:{server.server_address[1]}"
-    html = (f'<h1 id="hello">Hello Ada</h1><img src="{pixel}/open.png">'
-            f'<script>fetch("{pixel}/script")</script><p>Write to {SEARCHED}</p>')  # fmt: skip
+    html = (f'<meta http-equiv="Refresh" content="0; url={pixel}/refresh"><h1 id="hello">Hello Ada</h1>'
+            f'<img src="{pixel}/open.png"><script>fetch("{pixel}/script")</script><p>Write to {SEARCHED}</p>'
+            f'<div style="background: url({pixel}/background.png)">styled</div>')  # fmt: skip
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     email_id = tasks.send_email.apply_async(
         kwargs={
@@ -281,12 +283,15 @@ def test_preview_is_sandboxed_and_an_unsent_email_can_be_cancelled(context: Brow
         assert page.locator("#status").inner_text() == "scheduled"
         frame = page.frame_locator("iframe.preview")
         assert frame.locator("#hello").inner_text() == "Hello Ada"
+        loaded = page.frame(url=re.compile(r"/preview$"))
+        assert loaded is not None
+        loaded.wait_for_load_state("load")  # images fetched or refused by now
+        assert _Pixel.hits == []  # no image, style or script reached out
         assert "a***@example.com" in frame.locator("p").inner_text()  # addresses masked in the body too
         preview = context.request.get(f"/console/emails/{email_id}/preview")
         policy = preview.headers["content-security-policy"]
         assert policy.startswith("sandbox;") and "default-src 'none'" in policy and "img-src data:" in policy
         assert page.locator("iframe.preview").get_attribute("sandbox") == ""
-        assert _Pixel.hits == []  # neither the image nor the script reached out
         assert _addresses(page.content()) == set()
         page.click("#cancel")
         page.wait_for_url(f"**/console/emails/{email_id}")

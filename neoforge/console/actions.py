@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from neoforge.console.listing import Filters, by_recipient
 from neoforge.console.pages import CLASSES, STATUSES, Viewer
 from neoforge.console.session import Session, check_csrf
-from neoforge.console.web import form, page
+from neoforge.console.web import ConsoleRoute, form, page
 from neoforge.deadletters import requeue, requeue_all
 from neoforge.errors import EmailNotFound
 from neoforge.logs import log_event
@@ -25,7 +25,7 @@ __all__ = ["actions"]
 
 logger = logging.getLogger(__name__)
 
-actions = APIRouter(prefix="/console", include_in_schema=False)
+actions = APIRouter(prefix="/console", include_in_schema=False, route_class=ConsoleRoute)
 _PAGE = 50
 
 

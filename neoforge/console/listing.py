@@ -7,6 +7,7 @@ address, but for the one an operator searched for.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ __all__ = ["Filters", "Preview", "batches", "by_recipient", "dead_letter_classes
 _FIELDS = ("id", "status", "priority", "error_class", "attempts", "recipients", "created_at",
            "updated_at", "template", "batch", "last_error")  # fmt: skip
 _SCAN_BUDGET = 5000  # keys looked at per page when walking the keyspace
+# A sandboxed frame may still reload itself elsewhere: no refresh in a preview.
+_REFRESH = re.compile(r"<meta[^>]*http-equiv\s*=\s*['\"]?refresh[^>]*>", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -159,5 +162,6 @@ def preview(store: StatusStore, email_id: str) -> Preview | None:
             text, html = fields.get("text"), fields.get("html")
     except (ValueError, TypeError, jinja2.TemplateError) as exc:
         return Preview(problem=f"cannot be rendered: {type(exc).__name__}")
+    html = _REFRESH.sub("", html) if html is not None else None
     masked = [mask_addresses(part) if part is not None else None for part in (text, html)]
     return Preview(mask_addresses(str(fields.get("subject") or "")), masked[0], masked[1])

@@ -23,7 +23,7 @@ from neoforge.console.session import (
     signin_failed,
     write_cookie,
 )
-from neoforge.console.web import PREVIEW_HEADERS, asset, form, page
+from neoforge.console.web import PREVIEW_HEADERS, ConsoleRoute, asset, form, page
 from neoforge.errors import ErrorClass
 from neoforge.logs import log_event
 from neoforge.runtime import current
@@ -34,7 +34,7 @@ __all__ = ["CLASSES", "STATUSES", "Viewer", "pages", "signed_in"]
 
 logger = logging.getLogger(__name__)
 
-pages = APIRouter(prefix="/console", include_in_schema=False)
+pages = APIRouter(prefix="/console", include_in_schema=False, route_class=ConsoleRoute)
 
 CLASSES = tuple(c.value for c in ErrorClass)
 STATUSES = ("scheduled", "queued", "sending", "retrying", "sent", "failed", "expired", "cancelled")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,12 @@ from urllib.parse import parse_qs
 import jinja2
 from fastapi import HTTPException, Request, status
 from fastapi.responses import HTMLResponse, Response
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 
-from neoforge.console.session import Session, write_cookie
+from neoforge.console.session import Session, read_session, write_cookie
 
-__all__ = ["PREVIEW_HEADERS", "asset", "form", "page"]
+__all__ = ["PREVIEW_HEADERS", "ConsoleRoute", "asset", "form", "page"]
 
 _HERE = Path(__file__).resolve().parent
 _ASSETS = {"console.css": "text/css", "console.js": "text/javascript"}
@@ -80,3 +83,21 @@ async def form(request: Request) -> dict[str, list[str]]:
         return parse_qs((await request.body()).decode(), keep_blank_values=True, max_num_fields=2000)
     except (UnicodeDecodeError, ValueError):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "malformed form") from None
+
+
+class ConsoleRoute(APIRoute):
+    """A console route: a refusal (403, 404, 409, ...) is a page a person reads, not JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except HTTPException as exc:
+                if exc.status_code < 400:
+                    raise  # the way to the sign-in page
+                session = await run_in_threadpool(read_session, request)
+                return page(request, "problem.html", session, exc.status_code, detail=exc.detail)
+
+        return handle
