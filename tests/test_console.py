@@ -360,3 +360,36 @@ def test_hash_password_command_makes_a_working_entry(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=30, cwd=ROOT, check=False,
     )  # fmt: skip
     assert short.returncode != 0 and "12 characters" in short.stderr
+
+
+def _csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found is not None
+    return found.group(1)
+
+
+def test_sessions_follow_the_settings_and_the_redis_kept_key(
+    api: Any, settings_env: Any, redis_client: redis.Redis
+) -> None:
+    """Without CONSOLE_SECRET the key lives in Redis; a new password or role applies to open sessions."""
+    settings_env(CONSOLE_USERS=f"{OPERATOR[0]}:operator:{hash_password(OPERATOR[1])}")
+    login = api.get("/console/login")
+    signed = api.post("/console/login", data={"csrf": _csrf_of(login.text), "name": OPERATOR[0],
+                      "password": OPERATOR[1]}, follow_redirects=False)  # fmt: skip
+    assert signed.status_code == 303 and redis_client.exists("neoforge:console:secret")
+    assert "operator" in api.get("/console").text
+
+    settings_env(CONSOLE_USERS=f"{OPERATOR[0]}:operator:{hash_password('a-new-password-for-alice')}")
+    assert api.get("/console", follow_redirects=False).status_code == 303  # another password: signed out
+
+    redis_client.delete("neoforge:console:secret")  # a new key: every session signed with the old one ends
+    login = api.get("/console/login")
+    settings_env(CONSOLE_API_KEY_ROLE="viewer")
+    signed = api.post(
+        "/console/login", data={"csrf": _csrf_of(login.text), "key": API_KEY}, follow_redirects=False
+    )
+    assert signed.status_code == 303
+    page = api.get("/console")
+    assert '<span class="role">viewer</span>' in page.text
+    redis_client.delete("neoforge:console:secret")
+    assert api.get("/console", follow_redirects=False).headers["location"] == "/console/login"
