@@ -73,7 +73,8 @@ def emails(
 
     A batch or the dead letters are read from their index in order; anything
     else walks the records with SCAN (at most _SCAN_BUDGET keys per page),
-    newest first within a page.
+    newest first within a page; such a page holds every match of the keys
+    it looked at, so it may hold somewhat more than LIMIT, and never skips one.
     """
     found: list[dict[str, str]] = []
     looked = 0
@@ -95,8 +96,8 @@ def emails(
         return found, str(offset)
     position = int(cursor or 0)
     while len(found) < limit and looked < _SCAN_BUDGET:
-        position, keys = client.scan(position, match=f"{PREFIX}email:*", count=500, _type="hash")
-        looked += 500
+        position, keys = client.scan(position, match=f"{PREFIX}email:*", count=limit, _type="hash")
+        looked += limit
         ids = [str(key)[len(PREFIX) + 6 :] for key in keys]
         found += [row for row in _rows(client, ids) if filters.match(row)]
         if position == 0:
