@@ -1,4 +1,5 @@
-"""The console's lists page through every email once: the dead-letter index, and SCAN over the records.
+"""The console's lists page through every email once (the dead-letter index, and SCAN over the
+records); a bad CONSOLE_USERS stops start-up with one line.
 
 In process (the real app behind FastAPI's test client, a real Redis); the records are written
 by the status store itself, as queueing and a failed delivery write them.
@@ -11,11 +12,16 @@ import re
 import uuid
 from typing import Any
 
+import pytest
+
+from neoforge.errors import ConfigurationError
 from neoforge.runtime import current
+from neoforge.settings import get_settings
 from neoforge.store import event
 from tests.conftest import API_KEY
 
 _ROW = re.compile(r'href="/console/emails/([0-9a-f-]{36})" class="id"')
+HASH = "scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g="
 _NEXT = re.compile(r'href="\?([^"]*cursor=[^"]+)">Next page')
 
 
@@ -71,3 +77,16 @@ def test_lists_page_through_every_email_once(api: Any) -> None:
     dead = api.get("/console/dead-letters").text
     assert re.search(r">smtp_5xx</a></td><td>70<", dead)
     assert "page1@example.com" not in dead and "@example.com" not in api.get("/console/emails").text
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("alice:operator:hunter2-in-plain-text", "entry 1 is not name:viewer|operator"),
+     (f"alice:admin:{HASH}", "entry 1 is not"), (f"bob:viewer:{HASH},alice:root:{HASH}", "entry 2 is not"),
+     (f"alice:viewer:{HASH},alice:operator:{HASH}", "entry 2 repeats the name alice")],
+)  # fmt: skip
+def test_bad_console_users_stop_start_up(settings_env: Any, value: str, reason: str) -> None:
+    settings_env(CONSOLE_USERS=value)
+    with pytest.raises(ConfigurationError, match="CONSOLE_USERS") as refused:
+        get_settings()
+    assert reason in str(refused.value) and "hunter2" not in str(refused.value)
