@@ -66,9 +66,12 @@ def _secret(settings: Settings) -> bytes:
     if settings.console_secret is not None:
         return settings.console_secret.get_secret_value().encode()
     client = current().redis
-    # One random key for every API process, made by whichever asks first.
-    client.set(CONSOLE_SECRET, secrets.token_hex(32), nx=True)
-    return str(client.get(CONSOLE_SECRET)).encode()
+    found = client.get(CONSOLE_SECRET)  # a read first: a full Redis still serves the console
+    if found is None:
+        # One random key for every API process, made by whichever asks first.
+        client.set(CONSOLE_SECRET, secrets.token_hex(32), nx=True)
+        found = client.get(CONSOLE_SECRET)
+    return str(found).encode()
 
 
 def _b64(data: bytes) -> str:
