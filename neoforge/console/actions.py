@@ -46,7 +46,8 @@ async def find(request: Request, session: Viewer) -> HTMLResponse:
     """Emails to one exact address, through the hashed recipient index (a POST: no address in a URL)."""
     fields = await _checked_form(request, session, operator=False)
     address = fields.get("address", [""])[0].strip()
-    offset = int(fields.get("offset", ["0"])[0] or 0) if fields.get("offset", ["0"])[0].isdigit() else 0
+    given = fields.get("offset", [""])[0]
+    offset = int(given) if given.isdigit() else 0
     store = current().store
     rows = await run_in_threadpool(by_recipient, store, address, Filters()) if address else []
     log_event(logger, "console.found", user=session.name, emails=len(rows))
