@@ -11,6 +11,7 @@ from typing import Any
 import click
 import redis
 
+from neoforge.console import hash_password
 from neoforge.deadletters import list_failed, requeue_all
 from neoforge.deadletters import requeue as requeue_one
 from neoforge.devstack import DevStack
@@ -175,6 +176,18 @@ def check() -> None:
     result = check_smtp_blocking(_settings())
     click.echo(result.line)
     sys.exit(0 if result.ok else 1)
+
+
+@main.command("console-hash-password")
+@click.option("--user", help="Print a whole CONSOLE_USERS entry for this name.")
+@click.option("--role", type=click.Choice(["viewer", "operator"]), default="operator", show_default=True)
+@click.password_option(help="The password (asked for when not given; prefer the prompt).")
+def console_hash_password(user: str | None, role: str, password: str) -> None:
+    """Hash a console password for CONSOLE_USERS (scrypt, salted)."""
+    if len(password) < 12:
+        raise click.ClickException("a console password needs at least 12 characters")
+    hashed = hash_password(password)
+    click.echo(f"{user}:{role}:{hashed}" if user else hashed)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +16,10 @@ from neoforge.errors import ConfigurationError
 
 __all__ = ["Settings", "get_settings"]
 
+# name:role:scrypt$n$r$p$salt$hash (neoforge/console/passwords.py writes the hash).
+_CONSOLE_USER = re.compile(
+    r"[A-Za-z0-9._-]{1,64}:(viewer|operator):scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+"
+)
 _DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
@@ -88,6 +93,17 @@ class Settings(BaseSettings):
     # Reads (status polling, listings) have their own allowance, per key and minute.
     api_rate_limit_reads: int = Field(6000, ge=1)
 
+    # The operator console at /console. CONSOLE_USERS: comma-separated
+    # name:role:hash entries (role viewer or operator; hash from
+    # `neoforge console-hash-password`). API keys sign in as CONSOLE_API_KEY_ROLE.
+    console_users: Annotated[list[str], NoDecode] = []
+    console_api_key_role: Literal["operator", "viewer", "none"] = "operator"
+    # Signs session cookies; unset: a random key kept in Redis, shared by every API process.
+    console_secret: SecretStr | None = None
+    console_session_seconds: int = Field(8 * 3600, ge=60)
+    # Failed sign-ins allowed per client address and 15 minutes.
+    console_signin_limit: int = Field(10, ge=1)
+
     # Staging safety: send everything to one address, or only to these domains.
     email_redirect_to: str | None = None
     email_allowed_domains: Annotated[list[str], NoDecode] = []
@@ -141,7 +157,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("api_keys", "email_allowed_domains", "email_allow_special_domains", mode="before")
+    @field_validator(
+        "api_keys", "email_allowed_domains", "email_allow_special_domains", "console_users", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -162,6 +180,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"{item!r} is not host:port")
             addresses.append((host, int(port)))
         return addresses
+
+    @field_validator("console_users")
+    @classmethod
+    def _console_users(cls, value: list[str]) -> list[str]:
+        names = set()
+        for number, entry in enumerate(value, 1):
+            if not _CONSOLE_USER.fullmatch(entry):
+                raise ValueError(f"entry {number} is not name:viewer|operator:<console-hash-password output>")
+            name = entry.split(":", 1)[0]
+            if name in names:
+                raise ValueError(f"entry {number} repeats the name {name}")
+            names.add(name)
+        return value
 
     @field_validator("email_allowed_domains")
     @classmethod

@@ -18,6 +18,7 @@ from tests.conftest import ROOT
 
 APP_LAYER = {
     "neoforge.api",
+    "neoforge.console",
     "neoforge.cli",
     "neoforge.service",
     "neoforge.bulk",

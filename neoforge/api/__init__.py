@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from neoforge.api.middleware import BodyLimit, StartupCheck
 from neoforge.api.ops import Readiness, health, metrics, ready
 from neoforge.api.routes import batches, emails, sending
+from neoforge.console import console
 from neoforge.embedded import EmbeddedWorker
 from neoforge.errors import InvalidEmail, QueueFull, QueueUnavailable
 from neoforge.logs import configure_logging, log_event
@@ -90,6 +91,7 @@ def create_app() -> FastAPI:
     app.include_router(sending)
     app.include_router(emails)
     app.include_router(batches)
+    app.include_router(console)  # the operator console at /console (its own sign-in)
     app.add_api_route(
         "/health",
         health,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import zlib
 from datetime import UTC, datetime
 from typing import Any
+
+from neoforge.store.keys import MINUTE_TTL, minute_key
 
 __all__ = [
     "Attempt",
@@ -17,6 +20,7 @@ __all__ = [
     "now_iso",
     "observe",
     "pack_payload",
+    "per_minute",
     "unpack_payload",
 ]
 
@@ -75,6 +79,13 @@ def observe(pipe: Any, key: str, buckets: tuple[float, ...], value: float) -> No
     pipe.hincrby(key, bucket, 1)
     pipe.hincrby(key, "count", 1)
     pipe.hincrbyfloat(key, "sum", value)
+
+
+def per_minute(pipe: Any, kind: str) -> None:
+    """Count one KIND (sent, failed, retried) in this minute's counters (the console's chart)."""
+    key = minute_key(int(time.time() // 60))
+    pipe.hincrby(key, kind, 1)
+    pipe.expire(key, MINUTE_TTL)
 
 
 def as_json(value: Any) -> str:

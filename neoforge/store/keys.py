@@ -19,6 +19,9 @@ Keys (all under ``neoforge:``):
 - ``rate:{sha256}:{minute}:requests|recipients|reads``  per API key counters
 - ``scheduler:lock``, ``recovery:lock``  one sweeper at a time
 - ``smtp:paused``, ``smtp:probe``  sending paused after a setup failure, and who probes the server
+- ``minute:{n}``           hash: sent / failed / retried in minute N since the epoch (kept two hours)
+- ``console:secret``       the console's session signing key when CONSOLE_SECRET is unset
+- ``console:signin:{sha256}:{window}``  failed console sign-ins of one client address
 
 kombu's own keys (queues, ``unacked``) are read in neoforge/broker.py only.
 """
@@ -28,9 +31,11 @@ from __future__ import annotations
 import hashlib
 
 __all__ = [
+    "CONSOLE_SECRET",
     "FAILED",
     "LATENCY",
     "METRICS",
+    "MINUTE_TTL",
     "PENDING",
     "PREFIX",
     "RECOVERY_LOCK",
@@ -46,10 +51,12 @@ __all__ = [
     "email_key",
     "idempotency_key",
     "lease_key",
+    "minute_key",
     "payload_key",
     "rate_keys",
     "read_rate_key",
     "recipient_key",
+    "signin_key",
 ]
 
 PREFIX = "neoforge:"
@@ -64,6 +71,8 @@ SCHEDULER_LOCK = f"{PREFIX}scheduler:lock"
 RECOVERY_LOCK = f"{PREFIX}recovery:lock"
 SMTP_PAUSED = f"{PREFIX}smtp:paused"
 SMTP_PROBE = f"{PREFIX}smtp:probe"
+CONSOLE_SECRET = f"{PREFIX}console:secret"
+MINUTE_TTL = 7200  # per-minute counters outlive the console's one-hour chart
 
 
 def email_key(email_id: str) -> str:
@@ -117,3 +126,13 @@ def rate_keys(api_key: str, minute: int) -> tuple[str, str]:
 def read_rate_key(api_key: str, minute: int) -> str:
     """The counter of API_KEY's reads (status, listings) for one minute."""
     return f"{_rate_base(api_key, minute)}:reads"
+
+
+def minute_key(minute: int) -> str:
+    """Counts of sent, failed and retried emails in MINUTE (epoch seconds // 60)."""
+    return f"{PREFIX}minute:{minute}"
+
+
+def signin_key(client: str, window: int) -> str:
+    """Failed console sign-ins from CLIENT (an address, hashed) in one WINDOW."""
+    return f"{PREFIX}console:signin:{_digest(client)[:32]}:{window}"

@@ -24,6 +24,7 @@ from neoforge.store.encoding import (
     now_iso,
     observe,
     pack_payload,
+    per_minute,
     unpack_payload,
 )
 from neoforge.store.indexes import Indexes
@@ -151,6 +152,10 @@ class StatusStore(Indexes):
             keys=[email_key(email_id), attempts_key(email_id), FAILED if status == "failed" else "", METRICS],
             args=[email_id, time.time(), as_json(entry), counter, self.status_ttl + 31 * 86400, *flat],
         )
+        if done and status == "failed":
+            with self.client.pipeline(transaction=False) as pipe:
+                per_minute(pipe, "failed")
+                pipe.execute()
         return bool(done)
 
     def discard(self, email_id: str) -> None:
@@ -216,6 +221,7 @@ class StatusStore(Indexes):
             if extra:
                 pipe.hset(email_key(email_id), mapping=cast(_Mapping, extra))
             pipe.hincrby(METRICS, f"retried|{priority}|{attempt['error_class']}", 1)
+            per_minute(pipe, "retried")
             pipe.rpush(attempts_key(email_id), as_json(attempt))
             pipe.hset(
                 email_key(email_id),
@@ -273,6 +279,7 @@ class StatusStore(Indexes):
             pipe.zrem(PENDING, email_id)
             pipe.zrem(FAILED, email_id)  # the server took it: never a dead letter
             pipe.hincrby(METRICS, f"sent|{priority}", 1)
+            per_minute(pipe, "sent")
             observe(pipe, LATENCY, LATENCY_BUCKETS, latency)
             observe(pipe, SEND_DURATION, DURATION_BUCKETS, attempt["duration_ms"] / 1000)
             pipe.expire(email_key(email_id), self.status_ttl)
@@ -296,6 +303,7 @@ class StatusStore(Indexes):
             if extra:
                 pipe.hset(email_key(email_id), mapping=cast(_Mapping, extra))
             pipe.hincrby(METRICS, f"failed|{priority}|{attempt.get('error_class') or 'unknown'}", 1)
+            per_minute(pipe, "failed")
             pipe.rpush(attempts_key(email_id), as_json(attempt))
             pipe.hset(
                 email_key(email_id),
@@ -340,6 +348,11 @@ class StatusStore(Indexes):
             args=[email_id, now_iso()],
         )
         return str(status) if status else None
+
+    def content(self, email_id: str) -> str | None:
+        """The email's stored request (JSON) while it is kept, else None."""
+        stored = self.client.get(payload_key(email_id))
+        return unpack_payload(str(stored)) if stored else None
 
     def get(self, email_id: str) -> dict[str, Any] | None:
         """The record with its timeline, or None if the id was never queued."""
