@@ -19,6 +19,7 @@ from neoforge.flower import run
 from neoforge.logs import configure_logging
 from neoforge.redis_client import unavailable
 from neoforge.runtime import current
+from neoforge.schemas import email_status
 from neoforge.settings import Settings, get_settings
 from neoforge.smtp.probe import check_smtp_blocking
 from tasks import send_email
@@ -155,7 +156,8 @@ def status(email_id: str) -> None:
         raise click.ClickException(str(unavailable(exc))) from None
     if record is None:
         raise click.ClickException(f"no email with id {email_id}")
-    click.echo(json.dumps(record, indent=2))
+    # Exactly what GET /emails/{id} answers (FastAPI serialises the same model the same way).
+    click.echo(json.dumps(email_status(record).model_dump(mode="json", by_alias=True), indent=2))
 
 
 @main.command()

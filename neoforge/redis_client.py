@@ -11,7 +11,7 @@ import redis
 from neoforge.errors import QueueFull, QueueUnavailable
 from neoforge.settings import get_settings
 
-__all__ = ["connect", "safe_url", "storage_full", "unavailable"]
+__all__ = ["connect", "safe_url", "storage_full", "unavailable", "unreachable_line"]
 
 
 def connect(url: str, ca_file: Path | None = None) -> redis.Redis:
@@ -38,6 +38,14 @@ def safe_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def unreachable_line(url: str, exc: BaseException) -> str:
+    """The one line a process prints when it cannot start for want of Redis: it names REDIS_URL."""
+    return (
+        f"neoforge: cannot reach Redis at {safe_url(url)} ({type(exc).__name__}); "
+        "start Redis or set REDIS_URL to where it runs"
+    )
 
 
 def storage_full(exc: BaseException) -> bool:
