@@ -79,6 +79,8 @@ class Mailbox:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        # Each message parsed once for the list, which the page polls every second.
+        self._rows: dict[str, tuple[int, dict[str, Any]]] = {}
 
     def _path(self, message_id: str) -> Path:
         path = self.folder / f"{message_id}.eml"
@@ -110,20 +112,28 @@ class Mailbox:
             message_id = path.stem
             if not _ID.match(message_id):
                 continue
-            message = self._parse(message_id)
+            try:
+                size = path.stat().st_size
+                cached = self._rows.get(message_id)
+                if cached is not None and cached[0] == size:
+                    rows.append(cached[1])
+                    continue
+                message = self._parse(message_id)
+            except (OSError, MessageNotFound):  # deleted while we looked
+                continue
             envelope = self._envelope(message_id)
-            rows.append(
-                {
-                    "id": message_id,
-                    "from": str(message.get("From", "")) or envelope.get("mail_from", ""),
-                    "to": envelope.get("rcpt_tos") or [str(message.get("To", ""))],
-                    "subject": str(message.get("Subject", "")),
-                    "received": envelope.get("received", ""),
-                    "size": path.stat().st_size,
-                    "attachments": len(_attachments(message)),
-                    "defects": len(_defects(message)),
-                }
-            )
+            row = {
+                "id": message_id,
+                "from": str(message.get("From", "")) or envelope.get("mail_from", ""),
+                "to": envelope.get("rcpt_tos") or [str(message.get("To", ""))],
+                "subject": str(message.get("Subject", "")),
+                "received": envelope.get("received", ""),
+                "size": size,
+                "attachments": len(_attachments(message)),
+                "defects": len(_defects(message)),
+            }
+            self._rows[message_id] = (size, row)
+            rows.append(row)
         return rows
 
     def detail(self, message_id: str) -> dict[str, Any]:
