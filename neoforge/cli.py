@@ -20,6 +20,7 @@ from neoforge.flower import run
 from neoforge.logs import configure_logging
 from neoforge.redis_client import unavailable
 from neoforge.runtime import current
+from neoforge.schemas import email_status
 from neoforge.settings import Settings, get_settings
 from neoforge.smtp.probe import check_smtp_blocking
 from tasks import send_email
@@ -47,20 +48,50 @@ def main() -> None:
     show_default=True,
     help="Where Redis data, caught mail and logs are kept.",
 )
-@click.option("--api-port", default=8000, show_default=True, help="Preferred API port (another if busy).")
-@click.option("--flower-port", default=5555, show_default=True, help="Preferred Flower port.")
-@click.option("--smtp-port", default=1025, show_default=True, help="Preferred mail catcher port.")
-@click.option("--redis-port", default=6379, show_default=True, help="Preferred Redis port.")
+@click.option(
+    "--api-port",
+    default=8000,
+    show_default=True,
+    envvar="NEOFORGE_DEV_API_PORT",
+    help="API port (0: any free one).",
+)
+@click.option(
+    "--flower-port", default=5555, show_default=True, envvar="NEOFORGE_DEV_FLOWER_PORT", help="Flower port."
+)
+@click.option(
+    "--smtp-port",
+    default=1025,
+    show_default=True,
+    envvar="NEOFORGE_DEV_SMTP_PORT",
+    help="Mail catcher SMTP port.",
+)
+@click.option(
+    "--viewer-port",
+    default=8025,
+    show_default=True,
+    envvar="NEOFORGE_DEV_VIEWER_PORT",
+    help="Mail viewer (browser) port.",
+)
+@click.option(
+    "--redis-port",
+    default=6380,
+    show_default=True,
+    envvar="NEOFORGE_DEV_REDIS_PORT",
+    help="Embedded Redis port.",
+)
 @click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
 def dev(
-    data_dir: Path, api_port: int, flower_port: int, smtp_port: int, redis_port: int, concurrency: int
-) -> None:
-    """Run Redis, a mail catcher, a worker, Flower and the API until Ctrl-C."""
+    data_dir: Path, api_port: int, flower_port: int, smtp_port: int, viewer_port: int, redis_port: int,
+    concurrency: int,
+) -> None:  # fmt: skip
+    """Run Redis, a mail catcher and viewer, a worker, Flower and the API until Ctrl-C."""
 
     configure_logging("INFO", "text")
     # aiosmtpd narrates every connection at INFO; the catcher logs each message itself.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
-    stack = DevStack(data_dir.resolve(), api_port, flower_port, smtp_port, redis_port, concurrency)
+    stack = DevStack(
+        data_dir.resolve(), api_port, flower_port, smtp_port, redis_port, viewer_port, concurrency
+    )
     sys.exit(stack.run())
 
 
@@ -126,7 +157,8 @@ def status(email_id: str) -> None:
         raise click.ClickException(str(unavailable(exc))) from None
     if record is None:
         raise click.ClickException(f"no email with id {email_id}")
-    click.echo(json.dumps(record, indent=2))
+    # Exactly what GET /emails/{id} answers (FastAPI serialises the same model the same way).
+    click.echo(json.dumps(email_status(record).model_dump(mode="json", by_alias=True), indent=2))
 
 
 @main.command()

