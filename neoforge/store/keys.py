@@ -19,6 +19,8 @@ Keys (all under ``neoforge:``):
 - ``rate:{sha256}:{minute}:requests|recipients|reads``  per API key counters
 - ``scheduler:lock``, ``recovery:lock``  one sweeper at a time
 - ``smtp:paused``, ``smtp:probe``  sending paused after a setup failure, and who probes the server
+- ``pace:{provider}``, ``pace:domain:{domain}``  outbound rate limits' token buckets (neoforge/pacing.py)
+- ``provider:{name}:circuit``, ``provider:{name}:probe``  a provider's circuit breaker (neoforge/providers.py)
 
 kombu's own keys (queues, ``unacked``) are read in neoforge/broker.py only.
 """
@@ -43,10 +45,13 @@ __all__ = [
     "attempts_key",
     "batch_emails_key",
     "batch_key",
+    "circuit_keys",
+    "domain_bucket_key",
     "email_key",
     "idempotency_key",
     "lease_key",
     "payload_key",
+    "provider_bucket_key",
     "rate_keys",
     "read_rate_key",
     "recipient_key",
@@ -117,3 +122,18 @@ def rate_keys(api_key: str, minute: int) -> tuple[str, str]:
 def read_rate_key(api_key: str, minute: int) -> str:
     """The counter of API_KEY's reads (status, listings) for one minute."""
     return f"{_rate_base(api_key, minute)}:reads"
+
+
+def provider_bucket_key(provider: str) -> str:
+    """The token bucket (and slow-down hold) of one SMTP provider, by its name (never credentials)."""
+    return f"{PREFIX}pace:{provider}"
+
+
+def domain_bucket_key(domain: str) -> str:
+    """The token bucket of one recipient domain named in EMAIL_DOMAIN_LIMITS."""
+    return f"{PREFIX}pace:domain:{domain}"
+
+
+def circuit_keys(provider: str) -> tuple[str, str]:
+    """A provider's circuit hash and its probe lock."""
+    return f"{PREFIX}provider:{provider}:circuit", f"{PREFIX}provider:{provider}:probe"
