@@ -40,7 +40,7 @@ def parse_rate(text: str) -> Rate:
         raise ValueError(f"{text!r} is not a rate such as 14/s, 20/m, 1000/h or 20/5s")
     count, span, unit = float(found[1]), float(found[2] or 1), _UNIT[found[3][0].lower()]
     if count <= 0 or span <= 0:
-        raise ValueError(f"{text!r}: the count and the period must be positive")
+        raise ValueError(f"{text!r} is not a rate: the count and the period must be positive")
     per_second = count / (span * unit)
     return Rate(per_second, float(max(1, math.floor(per_second))), text.strip())
 
