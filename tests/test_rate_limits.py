@@ -119,3 +119,27 @@ def test_too_much_mail_slows_the_whole_sender_without_spending_retries(
         assert all(f'"provider":"127.0.0.1:{server.port}"' in a for a in timeline)
     assert throttled == server.handler.too_much
     assert int(redis_client.hget("neoforge:metrics", f"throttled|127.0.0.1:{server.port}") or 0) >= 1
+
+
+def test_bulk_batches_take_tokens_at_once_and_transactional_mail_goes_first(
+    cli_workers: Workers, relay: Callable[[int, float], RateLimitedServer], redis_client: redis.Redis
+) -> None:
+    """A bulk send under the limit (one token call per batch): all 40 delivered once; transactional
+    emails queued while it runs are delivered ahead of most of it, not behind it."""
+    from neoforge.bulk import queue_bulk
+
+    server = relay(20, 4.0)
+    cli_workers(None, "--concurrency", "8", SMTP_PORT=str(server.port), SMTP_RATE_LIMIT="16/4s")
+    recipients = [{"to": f"b{i}@example.com", "context": {"name": f"B {i}"}} for i in range(40)]
+    _, bulk_ids = queue_bulk({"template": "test_email", "subject": "bulk", "recipients": recipients,
+                              "context": {"product_name": "Acme"}})  # fmt: skip
+    wait_until(lambda: len(server.handler.messages) >= 4, 20, "the bulk send to start")
+    urgent = _queue_emails("transactional", 5)
+    records = _wait_all_sent(redis_client, bulk_ids + urgent, timeout=60)
+    assert all(r["status"] == "sent" for r in records)
+    counts = server.handler.deliveries()
+    assert len(counts) == 45 and set(counts.values()) == {1}
+    assert server.handler.too_much <= 3
+    subjects = [str(m.message["Subject"]) for m in server.handler.messages]
+    last_urgent = max(i for i, subject in enumerate(subjects) if subject == "paced")
+    assert subjects[last_urgent + 1 :].count("bulk") >= 10, subjects
