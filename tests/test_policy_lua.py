@@ -7,10 +7,15 @@ the Redis server's clock, not a measured time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import redis
 
+from neoforge.errors import ConfigurationError
 from neoforge.rates import parse_domain_limits, parse_rate
+from neoforge.runtime import current
+from neoforge.settings import get_settings
 from neoforge.store.keys import METRICS, circuit_keys, domain_bucket_key, provider_bucket_key
 from neoforge.store.scripts import Scripts
 
@@ -132,3 +137,17 @@ def test_rates_and_domain_limits_parse_or_say_why() -> None:
     assert set(parse_domain_limits("gmail.com=20/s, Yahoo.com=5/s")) == {"gmail.com", "yahoo.com"}
     with pytest.raises(ValueError, match="DOMAIN=RATE"):
         parse_domain_limits("gmail.com")
+
+
+def test_domain_limits_apply_to_the_recipients_domains_only(settings_env: Callable[..., None]) -> None:
+    settings_env(EMAIL_DOMAIN_LIMITS="slow.example.com=1/m")
+    pacer = current().pacer
+    addresses = ["a@Slow.Example.com", "b@fast.example.com"]
+    assert pacer.limited(addresses) == ["slow.example.com"]
+    assert pacer.take(None, "transactional", pacer.limited(addresses)) == (1, 0.0)
+    granted, wait = pacer.take(None, "transactional", pacer.limited(addresses))
+    assert granted == 0 and 59 < wait <= 60
+    assert pacer.take(None, "transactional", pacer.limited(["c@fast.example.com"])) == (1, 0.0)
+    settings_env(EMAIL_DOMAIN_LIMITS="slow.example.com")
+    with pytest.raises(ConfigurationError, match="EMAIL_DOMAIN_LIMITS"):
+        get_settings()
