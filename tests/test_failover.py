@@ -23,6 +23,7 @@ from neoforge.errors import ConfigurationError
 from neoforge.processes import free_port, wait_until
 from neoforge.runtime import current
 from neoforge.settings import get_settings
+from neoforge.smtp.probe import check_smtp_blocking
 from tests.conftest import AUTH
 from tests.smtp_server import SmtpServer
 
@@ -140,3 +141,11 @@ def test_a_bad_provider_url_is_named_without_its_password(settings_env: Callable
     assert endpoint.password is not None and endpoint.password.get_secret_value() == "p@ss"
     assert endpoint.rate is not None and endpoint.rate.per_second == 14
     assert "p@ss" not in repr(endpoint)
+
+
+def test_readiness_checks_every_provider(settings_env: Callable[..., None], smtp_server: SmtpServer) -> None:
+    """/health/ready and `neoforge check`: ready while one provider works, and the line names each."""
+    settings_env(SMTP_URLS=_urls(smtp_server.port, free_port()))
+    check = check_smtp_blocking(get_settings())
+    assert check.ok and check.line.startswith("smtp: primary: ok (127.0.0.1:")
+    assert "backup: cannot connect" in check.line and check.error_class == "connection"
