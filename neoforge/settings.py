@@ -24,7 +24,10 @@ _DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 class Settings(BaseSettings):
     """Every setting NeoForge Mail reads; the variable name is the field name in upper case."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # Errors never echo a value: SMTP_URLS and SMTP_PASSWORD hold secrets, and a traceback may be logged.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True
+    )
 
     # Redis: broker, result backend and our status store, all in one database.
     redis_url: str = "redis://redis:6379/0"
