@@ -1,4 +1,4 @@
-"""The sending policy's Lua scripts (pace, throttle, circuit), run directly against a real Redis.
+"""The sending policy's Lua scripts (pace, throttle, circuit) run directly against a real Redis; the pacer.
 
 Rates here are slow (one token a minute), so the few milliseconds between two
 calls change no answer: every figure checked is the script's arithmetic on
