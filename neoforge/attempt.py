@@ -23,6 +23,7 @@ import jinja2
 import redis
 from pydantic import ValidationError
 
+from neoforge.endpoints import Endpoint
 from neoforge.errors import (
     DeliveryError,
     ErrorClass,
@@ -33,6 +34,7 @@ from neoforge.errors import (
 from neoforge.logs import log_event
 from neoforge.message import EmailRequest
 from neoforge.mime import build
+from neoforge.policy import divert, pace, too_much_mail_refusal
 from neoforge.recipients import Envelope, plan
 from neoforge.recording import (
     Attempting,
@@ -91,6 +93,7 @@ class Job(Attempting):
     data: bytes
     envelope: Envelope
     deadline: float
+    endpoint: Endpoint
 
     async def send(self, runtime: Runtime, bulk: bool = False) -> Accepted:
         """Hand the message to the SMTP server (on the sender loop)."""
@@ -102,7 +105,7 @@ class Job(Attempting):
             await asyncio.to_thread(store.mark_data_started, email_id, number)
 
         timeout = max(0.5, self.deadline - time.monotonic())
-        pool, sender = runtime.sender.pool, runtime.settings.smtp_from
+        pool, sender = runtime.sender.pools[self.endpoint.name], runtime.settings.smtp_from
         return await deliver(pool, sender, self.data, self.envelope.addresses, timeout, bulk, mark_data)
 
 
@@ -113,14 +116,25 @@ def budget(settings: Settings) -> float:
     return limit - min(10.0, limit / 4)
 
 
-def begin(runtime: Runtime, email_id: str, worker: str, deadline: float | None = None) -> Job | Outcome:
-    """Take EMAIL_ID's lease and prepare it: a Job to send, or the Outcome if there is nothing to send."""
+def begin(
+    runtime: Runtime, email_id: str, worker: str, deadline: float | None = None,
+    endpoint: Endpoint | None = None, paid: bool = False,
+) -> Job | Outcome:  # fmt: skip
+    """Take EMAIL_ID's lease and prepare it: a Job to send, or the Outcome if there is nothing to send.
+
+    ENDPOINT: the provider to use (default: the providers' choice); PAID: its
+    rate-limit token was taken already (a bulk batch takes them all at once).
+    """
     settings, store = runtime.settings, runtime.store
     try:
         paused = runtime.breaker.wait_for()
         if paused > 0:
             # Sending is paused (a setup failure): wait, attempt nothing, count nothing.
             return Outcome("busy", email_id, status="paused", delay=_spread(paused))
+        route = endpoint if endpoint is not None else runtime.providers.choose()
+        if not isinstance(route, Endpoint):
+            # Every provider's circuit is open: wait for the first to end.
+            return Outcome("busy", email_id, status="paused", delay=_spread(route))
         taken = take(store, email_id, worker, settings.email_task_time_limit + 5)
         if taken.status == "unknown":
             # The last attempt's sender went away after DATA began.
@@ -146,7 +160,9 @@ def begin(runtime: Runtime, email_id: str, worker: str, deadline: float | None =
         return Outcome("done", email_id, status=taken.status)
     log_event(logger, "email.sending", id=email_id, status="sending", attempt=taken.number, worker=worker)
     deadline = deadline if deadline is not None else time.monotonic() + budget(settings)
-    attempting = Attempting(email_id, taken.number, taken.created, taken.priority, worker)
+    attempting = Attempting(
+        email_id, taken.number, taken.created, taken.priority, worker, provider=route.name
+    )
     try:
         data, envelope = _prepare(email_id, taken.payload, taken.todo, taken.outcomes, settings)
     except PermanentDeliveryError as exc:
@@ -154,8 +170,15 @@ def begin(runtime: Runtime, email_id: str, worker: str, deadline: float | None =
     except Exception as exc:  # a defect of ours: this email only
         logger.exception("email.internal_error id=%s", email_id)
         return _failed(email_id, attempting.number, record_internal(store, attempting, exc))
+    try:
+        wait = pace(runtime, attempting, route, envelope.addresses, paid)
+    except redis.RedisError as exc:
+        return Outcome("unavailable", email_id, cause=exc)
+    if wait is not None:
+        return Outcome("busy", email_id, status="waiting", delay=_spread(wait, 0.5))
     return Job(email_id, taken.number, taken.created, taken.priority, worker, attempting.started,
-               attempting.t0, data=data, envelope=envelope, deadline=deadline)  # fmt: skip
+               attempting.t0, route.name, data=data, envelope=envelope, deadline=deadline,
+               endpoint=route)  # fmt: skip
 
 
 def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outcome:
@@ -164,6 +187,8 @@ def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outc
     try:
         if isinstance(result, Accepted):
             return _finish_accepted(runtime, job, result)
+        if isinstance(result, DeliveryError) and (moved := divert(runtime, job, job.endpoint, result)):
+            return Outcome("busy", job.email_id, job.number, moved[0], delay=moved[1], error=result)
         if isinstance(result, SetupError):
             left = runtime.breaker.trip(result)
             next_at = iso(datetime.now(UTC) + timedelta(seconds=left))
@@ -221,21 +246,35 @@ def run_many(
 
     Emails that cannot start in the first half of the time budget are left
     for later (``busy`` with no delay). Once Redis fails, the rest are not
-    started (``unavailable``).
+    started (``unavailable``). The provider's rate-limit tokens are taken
+    for the whole batch at once; emails beyond those granted wait (``busy``).
     """
     budget_s = budget(runtime.settings)
     deadline = time.monotonic() + budget_s
     outcomes: dict[str, Outcome] = {}
     flying: dict[concurrent.futures.Future[Accepted], Job] = {}
     down: BaseException | None = None
-    for email_id in email_ids:
+    route: Endpoint | float = 0.0
+    granted, wait = 0, 0.0
+    try:
+        route = runtime.providers.choose()
+        if isinstance(route, Endpoint):
+            priority = "bulk" if bulk else "transactional"
+            granted, wait = runtime.pacer.take(route, priority, count=len(email_ids), partial=True)
+    except redis.RedisError as exc:
+        down = exc
+    for number, email_id in enumerate(email_ids):
         if down is not None:
             outcomes[email_id] = Outcome("unavailable", email_id, cause=down)
+            continue
+        if not isinstance(route, Endpoint) or number >= granted:
+            delay = route if not isinstance(route, Endpoint) else wait
+            outcomes[email_id] = Outcome("busy", email_id, status="waiting", delay=_spread(delay, 0.5))
             continue
         if deadline - time.monotonic() < budget_s / 2:
             outcomes[email_id] = Outcome("busy", email_id)
             continue
-        started = begin(runtime, email_id, worker, deadline)
+        started = begin(runtime, email_id, worker, deadline, route, paid=True)
         if isinstance(started, Outcome):
             outcomes[email_id] = started
             down = started.cause if started.kind == "unavailable" else None
@@ -282,17 +321,21 @@ def _prepare(
     return data, plan(recipients, held, todo, outcomes)
 
 
-def _spread(seconds: float) -> float:
-    """SECONDS plus up to a tenth more, so waiting emails do not all come back at once."""
-    return seconds + random.random() * max(0.5, seconds / 10)
+def _spread(seconds: float, least: float = 0.5) -> float:
+    """SECONDS plus up to a tenth more (at least LEAST), so waiting emails do not all come back at once."""
+    return seconds + random.random() * max(least, seconds / 10)
 
 
 def _finish_accepted(runtime: Runtime, job: Job, accepted: Accepted) -> Outcome:
     """The server answered every recipient: sent, or some deferred (retried alone), or all refused."""
     store, settings = runtime.store, runtime.settings
+    throttled = too_much_mail_refusal(accepted)
+    if throttled is not None and (moved := divert(runtime, job, job.endpoint, throttled)):
+        return Outcome("busy", job.email_id, job.number, moved[0], delay=moved[1], error=throttled)
     deferred, fields, delivered = job.envelope.settle(accepted)
     if accepted.reply is not None:
         runtime.breaker.succeeded()
+        runtime.providers.succeeded(job.endpoint)
     if not deferred:
         if accepted.reply is None:  # every recipient refused for good
             refused = PermanentDeliveryError(

@@ -59,6 +59,7 @@ class ErrorClass(StrEnum):
     NOT_ALLOWED = "not_allowed"  # no recipient left by EMAIL_ALLOWED_DOMAINS: fails
     EXPIRED = "expired"  # expires_at passed before it could be sent
     CANCELLED = "cancelled"  # its content was deleted before it was sent
+    THROTTLED = "throttled"  # 421/450/451/452 "too much mail": the whole sender slows down, no retry spent
 
 
 class NeoforgeError(Exception):

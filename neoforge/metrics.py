@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from neoforge.broker import UNACKED, message_ids, published_at, routing_key
+from neoforge.policy_metrics import circuit_gauge, policy_families, zero_series
 from neoforge.store import DURATION_BUCKETS, LATENCY_BUCKETS
 from neoforge.store.keys import FAILED, LATENCY, METRICS, SCHEDULED, SEND_DURATION, SMTP_PAUSED, WORKERS
 
@@ -102,6 +103,7 @@ class _Collector(Collector):
         # Until a probe succeeds: the pause's end may pass while no email comes to probe.
         gauge.add_metric([str(paused_class or "none")], 0.0 if paused_until is None else 1.0)
         yield gauge
+        yield from circuit_gauge(c)
 
     def _age(self, raw: Any, now: float) -> float:
         ids = message_ids(raw) if raw else []
@@ -142,6 +144,7 @@ def _counters(values: dict[str, str]) -> Iterator[Metric]:
             labels=["error_class"],
         ),
     }
+    families.update(policy_families())
     seen: set[tuple[str, ...]] = set()
     for field, value in values.items():
         kind, *labels = field.split("|")
@@ -153,6 +156,9 @@ def _counters(values: dict[str, str]) -> Iterator[Metric]:
         for kind in ("queued", "sent", "expired"):
             if (kind, priority) not in seen:
                 families[kind].add_metric([priority], 0.0)
+    for kind, *labels in zero_series():
+        if (kind, *labels) not in seen:
+            families[kind].add_metric(labels, 0.0)
     yield from families.values()
 
 

@@ -47,6 +47,7 @@ class Attempting:
     worker: str
     started: str = field(default_factory=now_iso)
     t0: float = field(default_factory=time.monotonic)
+    provider: str = ""  # the SMTP provider's name (never its credentials)
 
     def entry(self, outcome: str, **extra: Any) -> Attempt:
         """This attempt's timeline entry."""
@@ -57,6 +58,7 @@ class Attempting:
             "duration_ms": round((time.monotonic() - self.t0) * 1000, 1),
             "worker": self.worker,
             "outcome": outcome,
+            **({"provider": self.provider} if self.provider else {}),
             **extra,
         }
 

@@ -20,9 +20,11 @@ from typing import Any, TypeVar
 import redis
 
 from neoforge.breaker import Breaker
+from neoforge.pacing import Pacer
+from neoforge.providers import Providers
 from neoforge.redis_client import connect
 from neoforge.settings import Settings, get_settings
-from neoforge.smtp.pool import Pool, bulk_connections
+from neoforge.smtp.pool import Pool, bulk_connections, for_endpoint
 from neoforge.store.records import StatusStore
 
 __all__ = ["Runtime", "Sender", "close", "current"]
@@ -40,7 +42,9 @@ class Sender:
 
     def __init__(self, settings: Settings) -> None:
         self.loop = asyncio.new_event_loop()
-        self.pool = Pool(settings)
+        # One pool per SMTP provider (its own connections, credentials and TLS), by name.
+        self.pools = {e.name: Pool(for_endpoint(settings, e)) for e in settings.endpoints()}
+        self.pool = next(iter(self.pools.values()))
         self._thread = threading.Thread(target=self.loop.run_forever, name="neoforge-smtp", daemon=True)
         self._thread.start()
 
@@ -64,7 +68,8 @@ class Sender:
             for task in others:
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
-            self.pool.close_all()
+            for pool in self.pools.values():
+                pool.close_all()
             # A few turns of the loop, so TLS connections finish closing before it stops.
             for _ in range(5):
                 await asyncio.sleep(0.01)
@@ -85,6 +90,8 @@ class Runtime:
         self.redis: redis.Redis = connect(settings)
         self.store = StatusStore(self.redis, settings.email_status_ttl)
         self.breaker = Breaker(self.redis, self.store.scripts, settings)
+        self.providers = Providers(self.redis, self.store.scripts, settings)
+        self.pacer = Pacer(self.redis, self.store.scripts, settings)
         # Bulk batches at once per process: enough to keep bulk mail's share of
         # the SMTP connections busy while some batches finish (twice what it
         # holds), never more than half the threads, so the others are always

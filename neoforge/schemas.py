@@ -58,7 +58,10 @@ class AttemptRecord(BaseModel):
     finished_at: str
     duration_ms: float
     worker: str = Field(description="Celery hostname of the worker that tried.")
-    outcome: Literal["sent", "retry", "failed", "requeued"]
+    outcome: Literal["sent", "retry", "failed", "requeued", "paused", "throttled", "failover", "unknown"] = (
+        Field(description="paused, throttled and failover attempts do not count against the retries.")
+    )
+    provider: str | None = Field(None, description="The SMTP provider that handled it (name or host:port).")
     smtp_code: int | None = Field(None, description="The SMTP reply code, when the server gave one.")
     error: str | None = None
     error_class: str | None = None

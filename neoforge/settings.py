@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import ssl
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -12,7 +13,9 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from neoforge.addresses import check_domain_suffix, check_mailbox
+from neoforge.endpoints import Endpoint, parse_urls
 from neoforge.errors import ConfigurationError, plain_message
+from neoforge.rates import Rate, parse_domain_limits, parse_rate
 
 __all__ = ["Settings", "get_settings"]
 
@@ -26,7 +29,10 @@ _DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 class Settings(BaseSettings):
     """Every setting NeoForge Mail reads; the variable name is the field name in upper case."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # Errors never echo a value: SMTP_URLS and SMTP_PASSWORD hold secrets, and a traceback may be logged.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True
+    )
 
     # Redis: broker, result backend and our status store, all in one database.
     redis_url: str = "redis://redis:6379/0"
@@ -82,6 +88,25 @@ class Settings(BaseSettings):
     # servers behave; a rare duplicate) or "dead_letter" (never twice; a
     # person requeues).
     email_unknown_outcome: Literal["retry", "dead_letter"] = "retry"
+    # Sending policy (README "Sending policy"). Outbound rate limit of every
+    # worker together, per provider: "14/s", "20/m", "1000/h", "20/5s"; unset: none.
+    smtp_rate_limit: str | None = None
+    # Per recipient domain on top: "gmail.com=20/s,yahoo.com=5/s".
+    email_domain_limits: str = ""
+    # A "too much mail" reply holds every sender of that provider this long,
+    # then halves its rate for SMTP_THROTTLE_RECOVER_SECONDS.
+    smtp_throttle_seconds: float = Field(30.0, gt=0)
+    smtp_throttle_recover_seconds: float = Field(300.0, ge=0)
+    # Several providers: "smtp://user:pass@host:587?rate=14/s,smtps://..." (a
+    # secret: it holds passwords). Unset: the SMTP_HOST... variables above.
+    smtp_urls: SecretStr | None = None
+    smtp_strategy: Literal["failover", "round_robin"] = "failover"
+    # A provider's circuit opens (sending moves to the next) after one
+    # connection, timeout, TLS or login failure, or SMTP_FAILOVER_4XX 4xx replies
+    # within a minute; first for SMTP_FAILOVER_SECONDS, doubling while its
+    # probes fail, up to SMTP_PAUSE_MAX_SECONDS.
+    smtp_failover_4xx: int = Field(20, ge=1)
+    smtp_failover_seconds: float = Field(30.0, gt=0)
     # The largest encoded message (headers, bodies, attachments as sent).
     email_max_message_bytes: int = Field(10_000_000, ge=10_000)
 
@@ -244,6 +269,37 @@ class Settings(BaseSettings):
         except OSError as exc:  # ssl.SSLError included
             raise ValueError(f"{value} cannot be read as a PEM CA bundle: {exc}") from exc
         return value.resolve()
+
+    @field_validator("smtp_rate_limit", "email_domain_limits", mode="before")
+    @classmethod
+    def _rates(cls, value: object, info: ValidationInfo) -> object:
+        if value in ("", None):
+            return None if info.field_name == "smtp_rate_limit" else ""
+        if isinstance(value, str):
+            (parse_rate if info.field_name == "smtp_rate_limit" else parse_domain_limits)(value)
+        return value
+
+    @field_validator("smtp_urls")
+    @classmethod
+    def _urls(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parse_urls(value.get_secret_value())
+        return value
+
+    def endpoints(self) -> list[Endpoint]:
+        """The SMTP providers in order: SMTP_URLS, or the one the SMTP_HOST... variables describe."""
+        rate = parse_rate(self.smtp_rate_limit) if self.smtp_rate_limit else None
+        if self.smtp_urls is None:
+            name = f"{self.smtp_host}:{self.smtp_port}"
+            return [Endpoint(name, self.smtp_host, self.smtp_port, self.smtp_user, self.smtp_password,
+                             self.smtp_starttls, self.smtp_ssl_tls, rate)]  # fmt: skip
+        found = parse_urls(self.smtp_urls.get_secret_value())
+        return [e if e.rate is not None or rate is None else replace(e, rate=rate) for e in found]
+
+    def domain_limits(self) -> dict[str, Rate]:
+        """EMAIL_DOMAIN_LIMITS as {domain: Rate}."""
+        return parse_domain_limits(self.email_domain_limits)
 
     @field_validator("templates_dir")
     @classmethod

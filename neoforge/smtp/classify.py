@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 
 import aiosmtplib
@@ -15,7 +16,22 @@ from neoforge.errors import (
 )
 from neoforge.redact import mask_addresses
 
-__all__ = ["classify", "reply_error"]
+__all__ = ["classify", "reply_error", "too_much_mail"]
+
+# How providers word "you are sending too fast" (Postfix's and Exim's rate
+# limits, Gmail's 4.7.28, Microsoft's, SES's and the usual relays'). Greylisting
+# ("try again later", 4.7.1 "greylisted") is not a rate limit: it is retried alone.
+_TOO_MUCH = re.compile(
+    r"too (much|many) (mail|messages|emails|connections|requests)|rate.?limit|throttl|"
+    r"sending rate|message rate|(sending|message|daily) quota|slow down|too fast|4\.7\.28|"
+    r"4\.3\.2 .*(busy|resources)",
+    re.IGNORECASE,
+)
+
+
+def too_much_mail(code: int, message: str) -> bool:
+    """True for a 421/450/451/452 reply that says the sender goes too fast (not a greylisting)."""
+    return code in (421, 450, 451, 452) and _TOO_MUCH.search(message) is not None
 
 
 def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
@@ -39,6 +55,8 @@ def reply_error(code: int, message: str) -> DeliveryError:
     text = f"{code} {mask_addresses(message)}"
     if code == 552 or "5.3.4" in message:
         return PermanentDeliveryError(f"message too large for the server: {text}", code, ErrorClass.SIZE)
+    if too_much_mail(code, message):
+        return TransientDeliveryError(f"too much mail: {text}", code, ErrorClass.THROTTLED)
     if 400 <= code < 500:
         return TransientDeliveryError(text, code, ErrorClass.SMTP_4XX)
     if 500 <= code < 600:

@@ -9,10 +9,11 @@ import time
 
 import aiosmtplib
 
+from neoforge.endpoints import Endpoint
 from neoforge.errors import ErrorClass, SetupError
 from neoforge.settings import Settings
 
-__all__ = ["Pool", "bulk_connections", "open_connection", "tls_context"]
+__all__ = ["Pool", "bulk_connections", "for_endpoint", "open_connection", "tls_context"]
 
 _MESSAGES_PER_CONNECTION = 100
 _QUIT_SECONDS = 5.0  # for a polite QUIT after a refusal, at most
@@ -22,6 +23,20 @@ def bulk_connections(settings: Settings) -> int:
     """How many of SMTP_MAX_CONNECTIONS bulk mail may use at once."""
     total = settings.smtp_max_connections
     return max(1, total - max(1, total // 5))
+
+
+def for_endpoint(settings: Settings, endpoint: Endpoint) -> Settings:
+    """SETTINGS with ENDPOINT's server, credentials and TLS in place of SMTP_HOST...: its pool's settings."""
+    return settings.model_copy(
+        update={
+            "smtp_host": endpoint.host,
+            "smtp_port": endpoint.port,
+            "smtp_user": endpoint.user,
+            "smtp_password": endpoint.password,
+            "smtp_starttls": endpoint.starttls,
+            "smtp_ssl_tls": endpoint.ssl_tls,
+        }
+    )
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

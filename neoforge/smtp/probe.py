@@ -14,7 +14,7 @@ from neoforge.errors import DeliveryError, ErrorClass
 from neoforge.redact import mask_addresses
 from neoforge.settings import Settings
 from neoforge.smtp.classify import classify
-from neoforge.smtp.pool import open_connection, tls_context
+from neoforge.smtp.pool import for_endpoint, open_connection, tls_context
 
 __all__ = ["PROBE_TIMEOUT", "Check", "check_smtp", "check_smtp_blocking"]
 
@@ -34,7 +34,22 @@ class Check:
 
 
 async def check_smtp(settings: Settings) -> Check:
-    """Connect as the pool does, then QUIT; the whole check is bounded by min(SMTP_TIMEOUT, 10 s)."""
+    """Connect as the pool does, then QUIT; the whole check is bounded by min(SMTP_TIMEOUT, 10 s).
+
+    With several providers (SMTP_URLS) each is checked, side by side: ok when
+    at least one works (failover sends through it), and the line names each.
+    """
+    if settings.smtp_urls is None:
+        return await _check_one(settings)
+    endpoints = settings.endpoints()
+    checks = await asyncio.gather(*(_check_one(for_endpoint(settings, e)) for e in endpoints))
+    lines = (f"{e.name}: {c.line.removeprefix('smtp: ')}" for e, c in zip(endpoints, checks, strict=True))
+    line = "; ".join(lines)
+    failed = next((c.error_class for c in checks if not c.ok), None)
+    return Check(any(c.ok for c in checks), f"smtp: {line}", failed)
+
+
+async def _check_one(settings: Settings) -> Check:
     limit = min(settings.smtp_timeout, PROBE_TIMEOUT)
     try:
         async with asyncio.timeout(limit):

@@ -22,6 +22,8 @@ Keys (all under ``neoforge:``):
 - ``minute:{n}``           hash: sent / failed / retried in minute N since the epoch (kept two hours)
 - ``console:secret``       the console's session signing key when CONSOLE_SECRET is unset
 - ``console:signin:{sha256}:{window}``  failed console sign-ins of one client address
+- ``pace:{provider}``, ``pace:domain:{domain}``  outbound rate limits' token buckets (neoforge/pacing.py)
+- ``provider:{name}:circuit``, ``provider:{name}:probe``  a provider's circuit breaker (neoforge/providers.py)
 
 kombu's own keys (queues, ``unacked``) are read in neoforge/broker.py only.
 """
@@ -48,11 +50,14 @@ __all__ = [
     "attempts_key",
     "batch_emails_key",
     "batch_key",
+    "circuit_keys",
+    "domain_bucket_key",
     "email_key",
     "idempotency_key",
     "lease_key",
     "minute_key",
     "payload_key",
+    "provider_bucket_key",
     "rate_keys",
     "read_rate_key",
     "recipient_key",
@@ -136,3 +141,18 @@ def minute_key(minute: int) -> str:
 def signin_key(client: str, window: int) -> str:
     """Failed console sign-ins from CLIENT (an address, hashed) in one WINDOW."""
     return f"{PREFIX}console:signin:{_digest(client)[:32]}:{window}"
+
+
+def provider_bucket_key(provider: str) -> str:
+    """The token bucket (and slow-down hold) of one SMTP provider, by its name (never credentials)."""
+    return f"{PREFIX}pace:{provider}"
+
+
+def domain_bucket_key(domain: str) -> str:
+    """The token bucket of one recipient domain named in EMAIL_DOMAIN_LIMITS."""
+    return f"{PREFIX}pace:domain:{domain}"
+
+
+def circuit_keys(provider: str) -> tuple[str, str]:
+    """A provider's circuit hash and its probe lock."""
+    return f"{PREFIX}provider:{provider}:circuit", f"{PREFIX}provider:{provider}:probe"

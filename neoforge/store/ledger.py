@@ -12,9 +12,11 @@ import socket
 import uuid
 from dataclasses import dataclass
 
+from neoforge.store.encoding import now_iso
+from neoforge.store.keys import email_key, lease_key
 from neoforge.store.records import StatusStore
 
-__all__ = ["HOST", "Taken", "holder_is_dead", "take"]
+__all__ = ["HOST", "Taken", "give_back", "holder_is_dead", "take"]
 
 
 def _host() -> str:
@@ -71,3 +73,13 @@ def take(store: StatusStore, email_id: str, worker: str, lease_seconds: float) -
         # Its sender was killed (a pool child, a worker process): take over at once.
         found = store.begin_attempt(email_id, worker, lease, lease_seconds, found[1])
     return Taken(*found)
+
+
+def give_back(store: StatusStore, email_id: str, number: int) -> None:
+    """Undo ``take`` before anything was sent (a rate limit said wait): the attempt does not count."""
+    with store.client.pipeline(transaction=True) as pipe:
+        pipe.hincrby(email_key(email_id), "attempts", -1)
+        pipe.hset(email_key(email_id), mapping={"status": "retrying" if number > 1 else "queued",
+                                                "updated_at": now_iso()})  # fmt: skip
+        pipe.delete(lease_key(email_id))
+        pipe.execute()

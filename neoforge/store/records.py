@@ -280,6 +280,8 @@ class StatusStore(Indexes):
             pipe.zrem(FAILED, email_id)  # the server took it: never a dead letter
             pipe.hincrby(METRICS, f"sent|{priority}", 1)
             per_minute(pipe, "sent")
+            if attempt.get("provider"):
+                pipe.hincrby(METRICS, f"provider_sent|{attempt['provider']}", 1)
             observe(pipe, LATENCY, LATENCY_BUCKETS, latency)
             observe(pipe, SEND_DURATION, DURATION_BUCKETS, attempt["duration_ms"] / 1000)
             pipe.expire(email_key(email_id), self.status_ttl)

@@ -10,7 +10,10 @@ from redis.commands.core import Script
 
 __all__ = ["NAMES", "Scripts", "source"]
 
-NAMES = ("begin", "charge", "create", "finish_new", "pause", "purge", "release", "requeue", "unplaced")
+NAMES = (
+    "begin", "charge", "circuit", "create", "finish_new", "pace", "pause", "purge", "release", "requeue",
+    "throttle", "unplaced",
+)  # fmt: skip
 
 
 @cache
@@ -27,10 +30,13 @@ class Scripts:
     def __init__(self, client: redis.Redis) -> None:
         self.begin: Script = client.register_script(source("begin"))
         self.charge: Script = client.register_script(source("charge"))
+        self.circuit: Script = client.register_script(source("circuit"))
         self.create: Script = client.register_script(source("create"))
         self.finish_new: Script = client.register_script(source("finish_new"))
+        self.pace: Script = client.register_script(source("pace"))
         self.pause: Script = client.register_script(source("pause"))
         self.purge: Script = client.register_script(source("purge"))
         self.release: Script = client.register_script(source("release"))
         self.requeue: Script = client.register_script(source("requeue"))
+        self.throttle: Script = client.register_script(source("throttle"))
         self.unplaced: Script = client.register_script(source("unplaced"))
