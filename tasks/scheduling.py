@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import bootsteps
+from celery.signals import worker_shutdown
 
 from neoforge.scheduler import Scheduler
 from tasks.email import send_email
@@ -24,4 +25,16 @@ class SchedulerStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """
 
     def create(self, worker: Any) -> Scheduler:
-        return Scheduler(_publish, hostname=worker.hostname)
+        scheduler = Scheduler(_publish, hostname=worker.hostname)
+
+        def stop_with_worker(sender: Any = None, **_: Any) -> None:
+            # Celery's blueprint skips stopping its steps when the worker stops before every
+            # step started (celery/bootsteps.py, Blueprint.stop: "Not fully started"), which
+            # left this thread running, and logging, after its worker and Redis were gone.
+            # The worker still sends worker_shutdown on every warm stop.
+            if sender is worker:
+                worker_shutdown.disconnect(stop_with_worker)
+                scheduler.stop()
+
+        worker_shutdown.connect(stop_with_worker, weak=False)
+        return scheduler
