@@ -85,6 +85,7 @@ class Runtime:
         self.redis: redis.Redis = connect(settings.redis_url, settings.redis_tls_ca_file)
         self.store = StatusStore(self.redis, settings.email_status_ttl)
         self.breaker = Breaker(self.redis, self.store.scripts, settings)
+        self.dkim_key = settings.dkim_key  # read once; checked with the settings
         # Bulk batches at once per process: enough to keep bulk mail's share of
         # the SMTP connections busy while some batches finish (twice what it
         # holds), never more than half the threads, so the others are always

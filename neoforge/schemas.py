@@ -24,7 +24,9 @@ __all__ = [
     "Requeued",
 ]
 
-Status = Literal["scheduled", "queued", "sending", "retrying", "sent", "failed", "expired", "cancelled"]
+Status = Literal[
+    "scheduled", "queued", "sending", "retrying", "sent", "failed", "expired", "cancelled", "suppressed"
+]
 
 
 class Queued(BaseModel):

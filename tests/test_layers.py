@@ -19,6 +19,7 @@ from tests.conftest import ROOT
 APP_LAYER = {
     "neoforge.api",
     "neoforge.cli",
+    "neoforge.cli_policy",
     "neoforge.service",
     "neoforge.bulk",
     "neoforge.deadletters",

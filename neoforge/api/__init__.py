@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from neoforge.api.middleware import BodyLimit, StartupCheck
 from neoforge.api.ops import Readiness, health, metrics, ready
+from neoforge.api.policy import suppressions, unsubscribe, webhooks
 from neoforge.api.routes import batches, emails, sending
 from neoforge.embedded import EmbeddedWorker
 from neoforge.errors import InvalidEmail, QueueFull, QueueUnavailable
@@ -90,6 +91,9 @@ def create_app() -> FastAPI:
     app.include_router(sending)
     app.include_router(emails)
     app.include_router(batches)
+    app.include_router(suppressions)
+    app.include_router(webhooks)
+    app.include_router(unsubscribe)
     app.add_api_route(
         "/health",
         health,

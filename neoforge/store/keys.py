@@ -19,6 +19,9 @@ Keys (all under ``neoforge:``):
 - ``rate:{sha256}:{minute}:requests|recipients|reads``  per API key counters
 - ``scheduler:lock``, ``recovery:lock``  one sweeper at a time
 - ``smtp:paused``, ``smtp:probe``  sending paused after a setup failure, and who probes the server
+- ``suppressed:{sha256}``  hash: one address's suppression entries, by scope ("*" or a list id)
+- ``suppressed``, ``suppressed:expiry``  sorted sets of ``{sha256}|{scope}``: by time added, by expiry
+- ``webhooks:failed``      list: webhook deliveries that gave up (dead letters of events)
 
 kombu's own keys (queues, ``unacked``) are read in neoforge/broker.py only.
 """
@@ -39,7 +42,11 @@ __all__ = [
     "SEND_DURATION",
     "SMTP_PAUSED",
     "SMTP_PROBE",
+    "SUPPRESSED",
+    "SUPPRESSED_EXPIRY",
+    "WEBHOOKS_FAILED",
     "WORKERS",
+    "address_digest",
     "attempts_key",
     "batch_emails_key",
     "batch_key",
@@ -50,6 +57,7 @@ __all__ = [
     "rate_keys",
     "read_rate_key",
     "recipient_key",
+    "suppressed_key",
 ]
 
 PREFIX = "neoforge:"
@@ -64,6 +72,9 @@ SCHEDULER_LOCK = f"{PREFIX}scheduler:lock"
 RECOVERY_LOCK = f"{PREFIX}recovery:lock"
 SMTP_PAUSED = f"{PREFIX}smtp:paused"
 SMTP_PROBE = f"{PREFIX}smtp:probe"
+SUPPRESSED = f"{PREFIX}suppressed"
+SUPPRESSED_EXPIRY = f"{PREFIX}suppressed:expiry"
+WEBHOOKS_FAILED = f"{PREFIX}webhooks:failed"
 
 
 def email_key(email_id: str) -> str:
@@ -94,9 +105,19 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def address_digest(address: str) -> str:
+    """How an address is named in Redis: never in clear (SHA-256 of its lower-case form)."""
+    return _digest(address.lower())
+
+
 def recipient_key(address: str) -> str:
     # Hashed: the index lets us erase a person's emails without their address in a key name.
-    return f"{PREFIX}rcpt:{_digest(address.lower())}"
+    return f"{PREFIX}rcpt:{address_digest(address)}"
+
+
+def suppressed_key(digest: str) -> str:
+    """The suppression entries of the address whose ``address_digest`` is DIGEST."""
+    return f"{PREFIX}suppressed:{digest}"
 
 
 def idempotency_key(key: str) -> str:
