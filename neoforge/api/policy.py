@@ -11,7 +11,7 @@ import html
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, Query, status
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, field_validator
 
@@ -20,6 +20,7 @@ from neoforge.api.auth import limit_reads, limit_requests, require_key
 from neoforge.events import announce, failed
 from neoforge.logs import log_event
 from neoforge.runtime import current
+from neoforge.schemas import Problem
 from neoforge.settings import get_settings
 from neoforge.suppression import Reason, add, add_hashed, check, entries, remove
 from neoforge.unsubscribe import BadToken, read_token
@@ -30,15 +31,24 @@ __all__ = ["suppressions", "unsubscribe", "webhooks"]
 logger = logging.getLogger(__name__)
 
 _AUTH: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or wrong API key."},
-    503: {"description": "Redis unreachable."},
+    400: {"model": Problem, "description": "The body is not valid JSON (or not UTF-8)."},
+    401: {"model": Problem, "description": "Missing or wrong API key."},
+    413: {"model": Problem, "description": "Request body larger than API_MAX_REQUEST_BYTES."},
+    429: {"model": Problem, "description": "The key's requests or reads per minute are used up."},
+    503: {"model": Problem, "description": "Redis unreachable, or API_KEYS not set."},
+}
+_LINK: dict[int | str, dict[str, Any]] = {
+    400: {"description": "A malformed or forged link.", "content": {"text/html": {}}},
+    404: {"description": "Unsubscribe links are not enabled.", "content": {"text/html": {}}},
+    413: {"description": "Body larger than API_MAX_REQUEST_BYTES.", "content": {"application/json": {}}},
+    503: {"description": "Redis unreachable.", "content": {"application/json": {}}},
 }
 suppressions = APIRouter(prefix="/suppressions", tags=["policy"], dependencies=[Depends(require_key)],
                          responses=_AUTH)  # fmt: skip
 webhooks = APIRouter(
     prefix="/webhooks", tags=["policy"], dependencies=[Depends(require_key)], responses=_AUTH
 )
-unsubscribe = APIRouter(prefix="/unsubscribe", tags=["policy"])
+unsubscribe = APIRouter(prefix="/unsubscribe", tags=["policy"], responses=_LINK)
 
 
 class AddressQuery(BaseModel):
@@ -144,11 +154,21 @@ def _page(title: str, body: str, code: int = 200) -> HTMLResponse:
     return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=code)
 
 
+class _Off(BadToken):
+    """Unsubscribe links are not enabled here (no EMAIL_UNSUBSCRIBE_SECRET)."""
+
+
 def _read(token: str) -> Any:
     secret = get_settings().email_unsubscribe_secret
     if secret is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "unsubscribe links are not enabled")
+        raise _Off("unsubscribe links are not enabled")
     return read_token(secret.get_secret_value(), token)
+
+
+def _refused(exc: BadToken) -> HTMLResponse:
+    if isinstance(exc, _Off):
+        return _page("Not found", f"<p>{html.escape(str(exc))}.</p>", 404)
+    return _page("Link not valid", f"<p>{html.escape(str(exc))}.</p>", 400)
 
 
 @unsubscribe.get("/{token}", response_class=HTMLResponse, summary="Unsubscribe confirmation page")
@@ -157,7 +177,7 @@ def unsubscribe_page(token: str) -> HTMLResponse:
     try:
         found = _read(token)
     except BadToken as exc:
-        return _page("Link not valid", f"<p>{html.escape(str(exc))}.</p>", 400)
+        return _refused(exc)
     form = (f"<p>Stop receiving <strong>{html.escape(found.list_id)}</strong> at "
             f"{html.escape(found.masked)}?</p>"
             f'<form method="post" action="{html.escape(token)}"><input type="hidden" name="List-Unsubscribe" '
@@ -171,7 +191,7 @@ def unsubscribe_now(token: str) -> HTMLResponse:
     try:
         found = _read(token)
     except BadToken as exc:
-        return _page("Link not valid", f"<p>{html.escape(str(exc))}.</p>", 400)
+        return _refused(exc)
     add_hashed(current().redis, found.digest, found.masked, list_name=found.list_id, reason="unsubscribe")
     log_event(logger, "email.unsubscribed", id=found.email_id, list=found.list_id, address=found.masked)
     recipient = {"address": None, "masked": found.masked, "outcome": "unsubscribed"}
