@@ -58,6 +58,7 @@ class ErrorClass(StrEnum):
     NOT_ALLOWED = "not_allowed"  # no recipient left by EMAIL_ALLOWED_DOMAINS: fails
     EXPIRED = "expired"  # expires_at passed before it could be sent
     CANCELLED = "cancelled"  # its content was deleted before it was sent
+    SUPPRESSED = "suppressed"  # every recipient is on the suppression list: not sent
 
 
 class NeoforgeError(Exception):
