@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import redis
 from click.testing import CliRunner
 
 from neoforge.processes import wait_until
@@ -98,7 +97,7 @@ def test_api_add_check_list_remove_and_expiry(api: Any, smtp_server: SmtpServer)
     assert _rcpts(smtp_server, "Blocked") == [] and len(_rcpts(smtp_server, "Allowed")) == 1
 
 
-def test_list_scope_and_bulk(api: Any, smtp_server: SmtpServer, redis_client: redis.Redis) -> None:
+def test_list_scope_and_bulk(api: Any, smtp_server: SmtpServer, celery_app: Any) -> None:
     body = {"address": "member1@example.com", "list_id": "news.example.com", "reason": "unsubscribe"}
     assert api.post("/suppressions", json=body, headers=AUTH).status_code == 201
     assert _check(api, "member1@example.com", "news.example.com")["suppressed"]
@@ -113,6 +112,8 @@ def test_list_scope_and_bulk(api: Any, smtp_server: SmtpServer, redis_client: re
         wait_for_status(email_id, {"sent", "suppressed"})
     summary = api.get(f"/batches/{batch_id}", headers=AUTH).json()
     assert summary["counts"] == {"sent": 2, "suppressed": 1}
+    with pytest.raises(Exception, match="suppressed"):
+        celery_app.AsyncResult(ids[1]).get(timeout=10)
     assert sorted(r[0] for r in _rcpts(smtp_server, "News")) == ["member0@example.com", "member2@example.com"]
     # Another list's mail (no List-Id here) still reaches member1.
     other = dict(bulk, subject="Receipts", headers={}, recipients=recipients[1:2])
