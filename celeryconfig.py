@@ -36,8 +36,11 @@ result_accept_content = ["json"]
 # A worker also consumes Celery's default queue, "celery": a client that
 # knows only the task's name (send_task from another service, with Celery's
 # defaults) publishes there, and it must never be a silent sink.
-task_queues = [Queue("transactional"), Queue("bulk"), Queue("celery")]
+task_queues = [Queue("transactional"), Queue("bulk"), Queue("celery"), Queue("webhooks")]
 task_default_queue = "transactional"
+# Delivery events for EMAIL_WEBHOOK_URL wait in their own queue (tasks/webhooks.py):
+# a slow or failing receiver never holds up mail.
+task_routes = {"neoforge.deliver_webhook": {"queue": "webhooks"}}
 
 # The threads pool: sending an email is mostly waiting on the SMTP server, so
 # one process keeps many emails in flight on one event loop and a pool of

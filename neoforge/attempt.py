@@ -23,6 +23,7 @@ import jinja2
 import redis
 from pydantic import ValidationError
 
+from neoforge.dkim import sign
 from neoforge.endpoints import Endpoint
 from neoforge.errors import (
     DeliveryError,
@@ -31,6 +32,7 @@ from neoforge.errors import (
     SetupError,
     TransientDeliveryError,
 )
+from neoforge.events import EventType, announce
 from neoforge.logs import log_event
 from neoforge.message import EmailRequest
 from neoforge.mime import build
@@ -50,9 +52,11 @@ from neoforge.runtime import Runtime
 from neoforge.settings import Settings
 from neoforge.smtp.dialogue import Accepted, deliver
 from neoforge.staging import envelope
-from neoforge.store import StatusStore, event, iso
+from neoforge.store import event, iso
 from neoforge.store.ledger import take
+from neoforge.suppression import find, list_id, suppress_bounces
 from neoforge.templates import Rendered, render
+from neoforge.unsubscribe import headers as unsubscribe_headers
 
 __all__ = ["Attempting", "Job", "Outcome", "begin", "budget", "finish", "persist", "run", "run_many"]
 
@@ -142,6 +146,7 @@ def begin(
                 record_lost_in_data(store, email_id, taken.number, worker)
                 error = PermanentDeliveryError("outcome unknown: sender stopped after DATA began", None,
                                                ErrorClass.OUTCOME_UNKNOWN)  # fmt: skip
+                _tell(runtime, "failed", Attempting(email_id, taken.number, 0.0, "", worker), "failed", error)
                 return Outcome("failed", email_id, taken.number, "failed", error=error)
             text = f"outcome unknown: attempt {taken.number}'s sender stopped after DATA began; sent again"
             store.retry_unknown(email_id, event("unknown", text, ErrorClass.OUTCOME_UNKNOWN, worker))
@@ -150,6 +155,10 @@ def begin(
             taken = take(store, email_id, worker, settings.email_task_time_limit + 5)
     except redis.RedisError as exc:
         return Outcome("unavailable", email_id, cause=exc)
+    if taken.status == "expired_now":
+        log_event(logger, "email.expired", id=email_id, status="expired")
+        announce(settings, "expired", email_id, status="expired")
+        return Outcome("done", email_id, status="expired")
     if taken.status == "leased":
         # Someone else is sending it right now. Look again once their lease
         # is over: by then it is sent, or their sender is gone.
@@ -164,12 +173,16 @@ def begin(
         email_id, taken.number, taken.created, taken.priority, worker, provider=route.name
     )
     try:
-        data, envelope = _prepare(email_id, taken.payload, taken.todo, taken.outcomes, settings)
+        data, envelope = _prepare(runtime, email_id, taken.payload, taken.todo, taken.outcomes)
     except PermanentDeliveryError as exc:
-        return _fail(store, attempting, exc)
+        return _fail(runtime, attempting, exc)
+    except redis.RedisError as exc:  # the suppression list could not be read: nothing was sent
+        return Outcome("unavailable", email_id, attempting.number, cause=exc)
     except Exception as exc:  # a defect of ours: this email only
         logger.exception("email.internal_error id=%s", email_id)
-        return _failed(email_id, attempting.number, record_internal(store, attempting, exc))
+        return _failed(runtime, attempting, record_internal(store, attempting, exc))
+    if not envelope.targets:  # every recipient suppressed: no token, no connection
+        return _suppressed(runtime, attempting, envelope)
     try:
         wait = pace(runtime, attempting, route, envelope.addresses, paid)
     except redis.RedisError as exc:
@@ -199,8 +212,9 @@ def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outc
             return Outcome("busy", job.email_id, job.number, "paused", delay=_spread(left), error=result)
         if isinstance(result, TransientDeliveryError):
             if job.number > settings.email_max_retries:
-                return _fail(store, job, result, reason="retries exhausted")
+                return _fail(runtime, job, result, reason="retries exhausted")
             delay = record_retry(store, job, result, settings)
+            _tell(runtime, "deferred", job, "retrying", result, retry_in=round(delay, 3))
             return Outcome("retry", job.email_id, job.number, "retrying", delay=delay, error=result)
         if isinstance(result, PermanentDeliveryError):
             if result.error_class == ErrorClass.OUTCOME_UNKNOWN and settings.email_unknown_outcome == "retry":
@@ -208,7 +222,7 @@ def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outc
                 return finish(
                     runtime, job, TransientDeliveryError(str(result), result.code, result.error_class)
                 )
-            return _fail(store, job, result)
+            return _fail(runtime, job, result)
         if isinstance(result, concurrent.futures.CancelledError):
             # The process is shutting down mid-dialogue: hand the message back;
             # the ledger's DATA mark decides what the next attempt may do.
@@ -221,7 +235,7 @@ def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outc
         if not isinstance(result, Exception):
             raise result
         logger.error("email.internal_error id=%s", job.email_id, exc_info=result)
-        return _failed(job.email_id, job.number, record_internal(store, job, result))
+        return _failed(runtime, job, record_internal(store, job, result))
     except redis.RedisError as exc:
         return Outcome("unavailable", job.email_id, job.number, cause=exc)
 
@@ -295,18 +309,34 @@ def run_many(
 
 
 def _prepare(
-    email_id: str, payload: str, todo: str, outcomes: str, settings: Settings
+    runtime: Runtime, email_id: str, payload: str, todo: str, outcomes: str
 ) -> tuple[bytes, Envelope]:
     """The MIME message's bytes, and who it goes to this time (TODO: those left by a partial delivery).
 
-    Built in the calling thread, not on the sender loop: the loop carries
-    every dialogue of the process and must not wait for CPU work.
+    Recipients on the suppression list are taken out (one pipelined Redis
+    round trip); with none left, no message is built. Built in the calling
+    thread, not on the sender loop: the loop carries every dialogue of the
+    process and must not wait for CPU work.
     """
+    settings = runtime.settings
     try:
         request = EmailRequest.model_validate_json(payload)
+        recipients, held = envelope(request.recipients(), settings)
+        if not recipients:
+            text = "no recipient in EMAIL_ALLOWED_DOMAINS"
+            raise PermanentDeliveryError(text, None, ErrorClass.NOT_ALLOWED)
+        planned = plan(recipients, held, todo, outcomes)
+        planned.suppress(find(runtime.redis, planned.addresses, list_id(request.headers)))
+        if not planned.targets:
+            return b"", planned
+        added = unsubscribe_headers(email_id, request, settings)
+        if added:
+            request = request.model_copy(update={"headers": {**request.headers, **added}})
         body = render(request.template, request.context) if request.template is not None else Rendered(
             html=request.html, text=request.text)  # fmt: skip
         data = build(email_id, request, body, settings).as_bytes()
+        if runtime.dkim_key is not None and settings.dkim_domain and settings.dkim_selector:
+            data = sign(data, settings.dkim_domain, settings.dkim_selector, runtime.dkim_key)
     except (ValidationError, jinja2.TemplateError, ValueError, TypeError, LookupError) as exc:
         raise PermanentDeliveryError(
             f"message cannot be built: {type(exc).__name__}", None, ErrorClass.INVALID
@@ -315,10 +345,7 @@ def _prepare(
         limit = settings.email_max_message_bytes
         text = f"message of {len(data)} bytes is larger than EMAIL_MAX_MESSAGE_BYTES ({limit})"
         raise PermanentDeliveryError(text, None, ErrorClass.SIZE)
-    recipients, held = envelope(request.recipients(), settings)
-    if not recipients:
-        raise PermanentDeliveryError("no recipient in EMAIL_ALLOWED_DOMAINS", None, ErrorClass.NOT_ALLOWED)
-    return data, plan(recipients, held, todo, outcomes)
+    return data, planned
 
 
 def _spread(seconds: float, least: float = 0.5) -> float:
@@ -336,13 +363,15 @@ def _finish_accepted(runtime: Runtime, job: Job, accepted: Accepted) -> Outcome:
     if accepted.reply is not None:
         runtime.breaker.succeeded()
         runtime.providers.succeeded(job.endpoint)
+    suppress_bounces(runtime.redis, accepted.rejected, runtime.settings)
     if not deferred:
         if accepted.reply is None:  # every recipient refused for good
             refused = PermanentDeliveryError(
                 "every recipient refused: " + replies(accepted.rejected), None, ErrorClass.RECIPIENT_REJECTED
             )
-            return _fail(store, job, refused, fields)
+            return _fail(runtime, job, refused, fields)
         record_success(store, job, accepted.reply, fields, delivered)
+        _tell(runtime, "sent", job, "sent", delivered=delivered)
         return Outcome("sent", job.email_id, job.number, "sent")
     who = "every recipient" if accepted.reply is None else f"{len(deferred)} recipient(s)"
     codes = [int(r["code"]) for r in accepted.deferred]
@@ -350,21 +379,49 @@ def _finish_accepted(runtime: Runtime, job: Job, accepted: Accepted) -> Outcome:
         f"{who} deferred: {replies(accepted.deferred)}", min(codes), ErrorClass.SMTP_4XX
     )
     if job.number > settings.email_max_retries:
-        return _fail(store, job, error, fields, reason="retries exhausted")
+        return _fail(runtime, job, error, fields, reason="retries exhausted")
     delay = record_retry(store, job, error, settings, fields)
+    _tell(runtime, "deferred", job, "retrying", error, retry_in=round(delay, 3))
     return Outcome("retry", job.email_id, job.number, "retrying", delay=delay, error=error)
 
 
 def _fail(
-    store: StatusStore,
+    runtime: Runtime,
     job: Attempting,
     exc: DeliveryError,
     fields: dict[str, str] | None = None,
     **extra: Any,
 ) -> Outcome:
-    record_failure(store, job, exc, fields, **extra)
-    return _failed(job.email_id, job.number, exc)
+    record_failure(runtime.store, job, exc, fields, **extra)
+    return _failed(runtime, job, exc)
 
 
-def _failed(email_id: str, number: int, error: DeliveryError) -> Outcome:
-    return Outcome("failed", email_id, number, "failed", error=error)
+def _failed(runtime: Runtime, job: Attempting, error: DeliveryError) -> Outcome:
+    _tell(runtime, "failed", job, "failed", error)
+    return Outcome("failed", job.email_id, job.number, "failed", error=error)
+
+
+def _suppressed(runtime: Runtime, job: Attempting, envelope: Envelope) -> Outcome:
+    """Every recipient left is suppressed: the email ends ``suppressed`` (``sent`` if some got it before)."""
+    fields, delivered = envelope.fields()
+    entry = job.entry("suppressed", delivered=delivered)
+    if delivered != "none":
+        record_success(runtime.store, job, "", fields, delivered)
+        return Outcome("sent", job.email_id, job.number, "sent")
+    persist(lambda: runtime.store.mark_suppressed(job.email_id, entry, job.priority, fields))
+    log_event(logger, "email.suppressed", id=job.email_id, status="suppressed", worker=job.worker)
+    _tell(runtime, "suppressed", job, "suppressed", envelope=envelope)
+    return Outcome("done", job.email_id, job.number, "suppressed")
+
+
+def _tell(
+    runtime: Runtime, kind: EventType, job: Attempting, status: str, error: DeliveryError | None = None,
+    envelope: Envelope | None = None, **details: Any,
+) -> None:  # fmt: skip
+    """Announce KIND for JOB (neoforge/events.py): the signal, and the webhook if one is set."""
+    envelope = envelope or (job.envelope if isinstance(job, Job) else None)
+    recipients = envelope.report() if envelope is not None else []
+    if error is not None:
+        details.update(error=str(error), error_class=str(error.error_class), smtp_code=error.code)
+    announce(runtime.settings, kind, job.email_id, status=status, attempt=job.number, priority=job.priority,
+             recipients=recipients, **details)  # fmt: skip

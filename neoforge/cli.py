@@ -11,6 +11,7 @@ from typing import Any
 import click
 import redis
 
+from neoforge.cli_policy import suppression, webhooks
 from neoforge.console import hash_password
 from neoforge.deadletters import list_failed, requeue_all
 from neoforge.deadletters import requeue as requeue_one
@@ -230,6 +231,9 @@ def flower(ctx: click.Context, local_only: bool) -> None:
 
     sys.exit(run(local_only=local_only, extra_args=list(ctx.args)))
 
+
+main.add_command(suppression)
+main.add_command(webhooks)
 
 if __name__ == "__main__":
     main()

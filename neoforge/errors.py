@@ -60,6 +60,7 @@ class ErrorClass(StrEnum):
     EXPIRED = "expired"  # expires_at passed before it could be sent
     CANCELLED = "cancelled"  # its content was deleted before it was sent
     THROTTLED = "throttled"  # 421/450/451/452 "too much mail": the whole sender slows down, no retry spent
+    SUPPRESSED = "suppressed"  # every recipient is on the suppression list: not sent
 
 
 class NeoforgeError(Exception):

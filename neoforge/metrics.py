@@ -22,7 +22,18 @@ from prometheus_client.registry import Collector
 from neoforge.broker import UNACKED, message_ids, published_at, routing_key
 from neoforge.policy_metrics import circuit_gauge, policy_families, zero_series
 from neoforge.store import DURATION_BUCKETS, LATENCY_BUCKETS
-from neoforge.store.keys import FAILED, LATENCY, METRICS, SCHEDULED, SEND_DURATION, SMTP_PAUSED, WORKERS
+from neoforge.store.keys import (
+    FAILED,
+    LATENCY,
+    METRICS,
+    SCHEDULED,
+    SEND_DURATION,
+    SMTP_PAUSED,
+    SUPPRESSED,
+    SUPPRESSED_EXPIRY,
+    WEBHOOKS_FAILED,
+    WORKERS,
+)
 
 __all__ = ["QUEUES", "WORKERS", "heartbeat", "render"]
 
@@ -56,7 +67,12 @@ class _Collector(Collector):
             pipe.zcard(FAILED)
             pipe.zcount(WORKERS, now - _HEARTBEAT_TTL, "+inf")
             pipe.hmget(SMTP_PAUSED, ["until", "error_class"])
+            pipe.zcard(SUPPRESSED)
+            pipe.zcount(SUPPRESSED_EXPIRY, "-inf", now)
+            pipe.llen(WEBHOOKS_FAILED)
             replies = pipe.execute()
+        suppressed, lapsed, webhook_dead = replies[-3:]
+        replies = replies[:-3]
         counters, latency, duration = replies[0], replies[1], replies[2]
         waiting = dict(zip(QUEUES, replies[3 : 3 + 2 * len(QUEUES) : 2], strict=True))
         oldest_raw = dict(zip(QUEUES, replies[4 : 4 + 2 * len(QUEUES) : 2], strict=True))
@@ -95,6 +111,11 @@ class _Collector(Collector):
         yield GaugeMetricFamily(
             "neoforge_workers_online", "Workers seen in the last 15 s.", value=float(workers)
         )
+        yield GaugeMetricFamily("neoforge_suppressed_addresses", "Suppression list entries in force "
+                                "(an address suppressed for several lists counts once per list).",
+                                value=float(int(suppressed) - int(lapsed)))  # fmt: skip
+        yield GaugeMetricFamily("neoforge_webhook_dead_letters", "Webhook deliveries that gave up, kept "
+                                "for requeue.", value=float(webhook_dead))  # fmt: skip
         gauge = GaugeMetricFamily(
             "neoforge_sending_paused",
             "1 while sending is paused after a setup failure (login refused, TLS), by its error class.",
@@ -138,6 +159,19 @@ def _counters(values: dict[str, str]) -> Iterator[Metric]:
             "Emails accepted although no replica confirmed their record within REDIS_WAIT_TIMEOUT.",
             labels=[],
         ),
+        "suppressed": CounterMetricFamily(
+            "neoforge_emails_suppressed",
+            "Emails that ended unsent: every recipient suppressed.",
+            labels=["priority"],
+        ),
+        "suppression_added": CounterMetricFamily(
+            "neoforge_suppressions_added", "Addresses put on the suppression list.", labels=["reason"]
+        ),
+        "webhook": CounterMetricFamily(
+            "neoforge_webhook_deliveries",
+            "Webhook POSTs: delivered, retried, or failed (gave up).",
+            labels=["outcome"],
+        ),
         "paused": CounterMetricFamily(
             "neoforge_sending_pauses",
             "Times sending was paused (or kept paused) by a setup failure.",
@@ -153,12 +187,17 @@ def _counters(values: dict[str, str]) -> Iterator[Metric]:
             family.add_metric(labels, float(value))
             seen.add((kind, *labels))
     for priority in ("transactional", "bulk"):  # every series exists from the start, so rate() works at once
-        for kind in ("queued", "sent", "expired"):
+        for kind in ("queued", "sent", "expired", "suppressed"):
             if (kind, priority) not in seen:
                 families[kind].add_metric([priority], 0.0)
     for kind, *labels in zero_series():
         if (kind, *labels) not in seen:
             families[kind].add_metric(labels, 0.0)
+    for kind, names in (("suppression_added", ("bounce", "manual", "unsubscribe")),
+                        ("webhook", ("delivered", "retried", "failed"))):  # fmt: skip
+        for label in names:
+            if (kind, label) not in seen:
+                families[kind].add_metric([label], 0.0)
     yield from families.values()
 
 

@@ -1,4 +1,5 @@
-"""Each recipient's outcome: delivered, deferred (4xx: retried, only them), rejected (5xx) or held back.
+"""Each recipient's outcome: delivered, deferred (4xx: retried, only them), rejected (5xx), held back
+or suppressed.
 
 An email to several people can be taken for some and deferred for others
 (greylisting, a full mailbox). The deferred ones, and only they, are retried
@@ -37,10 +38,18 @@ class Envelope:
 
     targets: list[tuple[int, str]]
     outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    everyone: list[str] = field(default_factory=list)  # the whole envelope, by position
 
     @property
     def addresses(self) -> list[str]:
         return [address for _, address in self.targets]
+
+    def suppress(self, suppressed: set[str]) -> None:
+        """Take the SUPPRESSED addresses out of this attempt, recorded as such (never sent to)."""
+        for position, address in self.targets:
+            if address in suppressed:
+                self.outcomes[f"t{position}"] = _entry(address, "suppressed", None, "on the suppression list")
+        self.targets = [(p, a) for p, a in self.targets if a not in suppressed]
 
     def settle(self, accepted: Accepted) -> tuple[list[int], dict[str, str], Delivered]:
         """Record ACCEPTED's answer per target: (positions still deferred, record fields, how many got it)."""
@@ -55,17 +64,28 @@ class Envelope:
                 self.outcomes[f"t{position}"] = _entry(address, kind, reply["code"], reply["message"])
                 if kind == "deferred":
                     deferred.append(position)
+        fields, delivered = self.fields()
+        if deferred:
+            fields["rcpt_todo"] = json.dumps(deferred)
+        return deferred, fields, delivered
+
+    def fields(self) -> tuple[dict[str, str], Delivered]:
+        """The record fields of the outcomes so far, and how many recipients got the email."""
         done = [entry["outcome"] for entry in self.outcomes.values()]
         delivered: Delivered = (
             "all" if all(o == "delivered" for o in done) else "some" if "delivered" in done else "none"
         )
-        fields = {
-            "outcomes": json.dumps(self.outcomes, separators=(",", ":")),
-            "delivered": delivered,
-        }
-        if deferred:
-            fields["rcpt_todo"] = json.dumps(deferred)
-        return deferred, fields, delivered
+        text = json.dumps(self.outcomes, separators=(",", ":"))
+        return {"outcomes": text, "delivered": delivered}, delivered
+
+    def report(self) -> list[dict[str, Any]]:
+        """Each recipient's outcome for an event: ``address`` (raw, if known), ``masked``, ``outcome``."""
+        found = []
+        for key, entry in self.outcomes.items():
+            position = int(key[1:]) if key[0] == "t" and key[1:].isdigit() else -1
+            address = self.everyone[position] if 0 <= position < len(self.everyone) else None
+            found.append({"address": address, "masked": entry["address"], "outcome": entry["outcome"]})
+        return found
 
 
 def plan(envelope: list[str], held: list[dict[str, Any]], todo: str, outcomes: str) -> Envelope:
@@ -78,4 +98,4 @@ def plan(envelope: list[str], held: list[dict[str, Any]], todo: str, outcomes: s
     found: dict[str, dict[str, Any]] = json.loads(outcomes) if outcomes else {}
     for j, item in enumerate(held):
         found[f"h{j}"] = _entry(item["address"], "held", None, item.get("message", ""))
-    return Envelope(targets, found)
+    return Envelope(targets, found, list(envelope))

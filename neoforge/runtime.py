@@ -92,6 +92,7 @@ class Runtime:
         self.breaker = Breaker(self.redis, self.store.scripts, settings)
         self.providers = Providers(self.redis, self.store.scripts, settings)
         self.pacer = Pacer(self.redis, self.store.scripts, settings)
+        self.dkim_key = settings.dkim_key  # read once; checked with the settings
         # Bulk batches at once per process: enough to keep bulk mail's share of
         # the SMTP connections busy while some batches finish (twice what it
         # holds), never more than half the threads, so the others are always

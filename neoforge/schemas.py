@@ -25,7 +25,9 @@ __all__ = [
     "email_status",
 ]
 
-Status = Literal["scheduled", "queued", "sending", "retrying", "sent", "failed", "expired", "cancelled"]
+Status = Literal[
+    "scheduled", "queued", "sending", "retrying", "sent", "failed", "expired", "cancelled", "suppressed"
+]
 
 
 class Queued(BaseModel):

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from neoforge.addresses import check_domain_suffix, check_mailbox
+from neoforge.dkim import check_key
 from neoforge.endpoints import Endpoint, parse_urls
 from neoforge.errors import ConfigurationError, plain_message
 from neoforge.rates import Rate, parse_domain_limits, parse_rate
@@ -177,6 +178,30 @@ class Settings(BaseSettings):
     # Run a worker thread inside the API process (single-process deployments only).
     embedded_worker: bool = False
 
+    # Sending policy (README "Sending policy"). Suppression: a recipient refused
+    # at RCPT as unknown (550 5.1.1, ...) is suppressed, for good or for this
+    # many days (0: for good).
+    email_suppress_bounces: bool = True
+    email_suppression_bounce_days: float = Field(0.0, ge=0)
+    # Delivery events: a signed POST per event to this URL (none when unset).
+    email_webhook_url: str | None = None
+    email_webhook_secret: SecretStr | None = None
+    email_webhook_include_address: bool = False
+    email_webhook_timeout: float = Field(10.0, gt=0, le=60)
+    email_webhook_max_retries: int = Field(8, ge=0, le=100)
+    email_webhook_retry_backoff: float = Field(5.0, gt=0)
+    email_webhook_retry_backoff_max: float = Field(600.0, gt=0)
+    # One-click unsubscribe (RFC 8058) for bulk mail with a List-Id: the public
+    # base URL of this API (https://mail.example.com), the key of its tokens,
+    # and an optional mailto address for the List-Unsubscribe header.
+    email_unsubscribe_url: str | None = None
+    email_unsubscribe_secret: SecretStr | None = None
+    email_unsubscribe_mailto: str | None = None
+    # DKIM signing, off unless all three are set.
+    dkim_domain: str | None = None
+    dkim_selector: str | None = None
+    dkim_private_key_file: Path | None = None
+
     templates_dir: Path = _DEFAULT_TEMPLATES
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -301,6 +326,41 @@ class Settings(BaseSettings):
         """EMAIL_DOMAIN_LIMITS as {domain: Rate}."""
         return parse_domain_limits(self.email_domain_limits)
 
+    @field_validator(
+        "email_webhook_url", "email_unsubscribe_url", "email_unsubscribe_mailto", "dkim_domain",
+        "dkim_selector", "dkim_private_key_file", "email_webhook_secret", "email_unsubscribe_secret",
+        mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("email_webhook_url", "email_unsubscribe_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith(("https://", "http://")) or len(value) < 10):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+    @field_validator("email_unsubscribe_mailto")
+    @classmethod
+    def _mailto(cls, value: str | None) -> str | None:
+        return None if value is None else check_mailbox(value, display_name=False).address
+
+    @field_validator("dkim_private_key_file")
+    @classmethod
+    def _dkim_key(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            check_key(value)
+        return value
+
+    @property
+    def dkim_key(self) -> bytes | None:
+        """The DKIM private key (PEM), or None when signing is off."""
+        if not (self.dkim_domain and self.dkim_selector and self.dkim_private_key_file):
+            return None
+        return check_key(self.dkim_private_key_file)
+
     @field_validator("templates_dir")
     @classmethod
     def _templates_exist(cls, value: Path) -> Path:
@@ -316,6 +376,15 @@ class Settings(BaseSettings):
             raise ValueError("EMAIL_TASK_TIME_LIMIT must be at most half of BROKER_VISIBILITY_TIMEOUT")
         if self.smtp_starttls and self.smtp_ssl_tls:
             raise ValueError("SMTP_STARTTLS and SMTP_SSL_TLS cannot both be true")
+        dkim = (self.dkim_domain, self.dkim_selector, self.dkim_private_key_file)
+        if any(dkim) and not all(dkim):
+            raise ValueError("DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE go together")
+        if self.email_webhook_url and not self.email_webhook_secret:
+            raise ValueError("EMAIL_WEBHOOK_URL needs EMAIL_WEBHOOK_SECRET (the key its signatures use)")
+        if self.email_unsubscribe_url and not self.email_unsubscribe_secret:
+            raise ValueError("EMAIL_UNSUBSCRIBE_URL needs EMAIL_UNSUBSCRIBE_SECRET (the key of its tokens)")
+        if self.email_webhook_retry_backoff_max < self.email_webhook_retry_backoff:
+            raise ValueError("EMAIL_WEBHOOK_RETRY_BACKOFF_MAX must be at least EMAIL_WEBHOOK_RETRY_BACKOFF")
         return self
 
 

@@ -1,7 +1,7 @@
 """The Celery app and its tasks: ``celery -A tasks worker`` starts a worker.
 
 Thin glue over the delivery core (neoforge/): the app and its signals
-(``app``), the tasks (``email``, ``batch``), the worker-side request that
+(``app``), the tasks (``email``, ``batch``, ``webhooks``), the worker-side request that
 hides arguments (``request``), the result backend (``results``) and the
 scheduler bootstep (``scheduling``).
 """
@@ -10,7 +10,8 @@ from tasks.app import app
 from tasks.batch import send_batch
 from tasks.email import send_email
 from tasks.scheduling import SchedulerStep
+from tasks.webhooks import deliver_webhook
 
 app.steps["worker"].add(SchedulerStep)
 
-__all__ = ["app", "send_batch", "send_email"]
+__all__ = ["app", "deliver_webhook", "send_batch", "send_email"]

@@ -27,7 +27,7 @@ from celery.exceptions import Reject, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
 from neoforge.attempt import Outcome, run_many
-from neoforge.errors import PermanentDeliveryError, QueueUnavailable, TransientDeliveryError
+from neoforge.errors import ErrorClass, PermanentDeliveryError, QueueUnavailable, TransientDeliveryError
 from neoforge.logs import log_event
 from neoforge.runtime import current
 from neoforge.store import event
@@ -151,3 +151,7 @@ def _store_result(task: BatchTask, outcome: Outcome) -> None:
             task.app.backend.mark_as_done(outcome.email_id, {**outcome.result(), "status": "sent"})
         elif outcome.kind == "failed" and outcome.error is not None:
             task.app.backend.mark_as_failure(outcome.email_id, outcome.error)
+        elif outcome.kind == "done" and outcome.status == "suppressed":
+            # As send_email ends it: not sent, for good (AsyncResult.get() raises).
+            error = PermanentDeliveryError("not sent: the email is suppressed", None, ErrorClass.SUPPRESSED)
+            task.app.backend.mark_as_failure(outcome.email_id, error)

@@ -211,7 +211,7 @@ def settle(task: Task, outcome: Outcome) -> dict[str, Any]:
     if outcome.kind == "failed" and outcome.error is not None:
         raise outcome.error
     if outcome.kind == "done":
-        if outcome.status in ("failed", "expired", "cancelled"):
+        if outcome.status in ("failed", "expired", "cancelled", "suppressed"):
             raise PermanentDeliveryError(f"not sent: the email is {outcome.status}", None, outcome.status)
         # Scheduled for later, or no record left: nothing final to report now.
         raise Ignore()

@@ -178,7 +178,7 @@ def _clean(client: redis.Redis) -> None:
         keys = list(client.scan_iter(pattern, count=1000))
         if keys:
             client.delete(*keys)
-    client.delete("transactional", "bulk", "celery")
+    client.delete("transactional", "bulk", "celery", "webhooks")
 
 
 @pytest.fixture(autouse=True)

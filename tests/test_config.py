@@ -39,7 +39,7 @@ def test_configuration_reaches_the_app() -> None:
     assert app.conf.accept_content == ["json"]
     # No extended results: they would keep a by-name client's addresses and body in Redis.
     assert not app.conf.result_extended and not app.conf.task_track_started
-    assert [q.name for q in app.conf.task_queues] == ["transactional", "bulk", "celery"]
+    assert [q.name for q in app.conf.task_queues] == ["transactional", "bulk", "celery", "webhooks"]
     assert app.conf.worker_pool == "threads" and app.conf.worker_concurrency == 32
     # Off until Flower turns them on (tests/test_flower.py sees it do so).
     assert not app.conf.worker_send_task_events

@@ -20,6 +20,7 @@ APP_LAYER = {
     "neoforge.api",
     "neoforge.console",
     "neoforge.cli",
+    "neoforge.cli_policy",
     "neoforge.service",
     "neoforge.bulk",
     "neoforge.deadletters",

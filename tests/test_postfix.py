@@ -159,6 +159,9 @@ def test_rejected_recipient_and_size_limit(postfix_server: Postfix, settings_env
     record = wait_for_status(partial, {"sent"}, timeout=30)
     assert [o["outcome"] for o in record["outcomes"]] == ["delivered", "rejected"]
     assert record["outcomes"][1]["address"] == "g***@example.com" and record["outcomes"][1]["code"] == 550
+    # Postfix said that mailbox does not exist: it is suppressed, never offered to Postfix again.
+    again = send_email.delay(to=["gone@example.com"], subject="again", text="x").id
+    assert wait_for_status(again, {"suppressed"}, timeout=30)["attempts"] == 0
     # Larger than Postfix's message_size_limit (it says SIZE 100000 in EHLO): fails before DATA.
     big = base64.b64encode(b"x" * 150_000).decode()
     large = send_email.delay(to=["big@example.com"], subject="big", text="x",

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from neoforge.api.docs import add_docs
 from neoforge.api.middleware import BodyLimit, StartupCheck
 from neoforge.api.ops import Readiness, health, metrics, ready
+from neoforge.api.policy import suppressions, unsubscribe, webhooks
 from neoforge.api.routes import batches, emails, sending
 from neoforge.console import console
 from neoforge.embedded import EmbeddedWorker
@@ -108,6 +109,9 @@ def create_app() -> FastAPI:
     app.include_router(emails)
     app.include_router(batches)
     app.include_router(console)  # the operator console at /console (its own sign-in)
+    app.include_router(suppressions)
+    app.include_router(webhooks)
+    app.include_router(unsubscribe)
     app.add_api_route(
         "/health",
         health,

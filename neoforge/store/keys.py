@@ -24,6 +24,9 @@ Keys (all under ``neoforge:``):
 - ``console:signin:{sha256}:{window}``  failed console sign-ins of one client address
 - ``pace:{provider}``, ``pace:domain:{domain}``  outbound rate limits' token buckets (neoforge/pacing.py)
 - ``provider:{name}:circuit``, ``provider:{name}:probe``  a provider's circuit breaker (neoforge/providers.py)
+- ``suppressed:{sha256}``  hash: one address's suppression entries, by scope ("*" or a list id)
+- ``suppressed``, ``suppressed:expiry``  sorted sets of ``{sha256}|{scope}``: by time added, by expiry
+- ``webhooks:failed``      list: webhook deliveries that gave up (dead letters of events)
 
 kombu's own keys (queues, ``unacked``) are read in neoforge/broker.py only.
 """
@@ -46,7 +49,11 @@ __all__ = [
     "SEND_DURATION",
     "SMTP_PAUSED",
     "SMTP_PROBE",
+    "SUPPRESSED",
+    "SUPPRESSED_EXPIRY",
+    "WEBHOOKS_FAILED",
     "WORKERS",
+    "address_digest",
     "attempts_key",
     "batch_emails_key",
     "batch_key",
@@ -62,6 +69,7 @@ __all__ = [
     "read_rate_key",
     "recipient_key",
     "signin_key",
+    "suppressed_key",
 ]
 
 PREFIX = "neoforge:"
@@ -78,6 +86,9 @@ SMTP_PAUSED = f"{PREFIX}smtp:paused"
 SMTP_PROBE = f"{PREFIX}smtp:probe"
 CONSOLE_SECRET = f"{PREFIX}console:secret"
 MINUTE_TTL = 7200  # per-minute counters outlive the console's one-hour chart
+SUPPRESSED = f"{PREFIX}suppressed"
+SUPPRESSED_EXPIRY = f"{PREFIX}suppressed:expiry"
+WEBHOOKS_FAILED = f"{PREFIX}webhooks:failed"
 
 
 def email_key(email_id: str) -> str:
@@ -108,9 +119,19 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def address_digest(address: str) -> str:
+    """How an address is named in Redis: never in clear (SHA-256 of its lower-case form)."""
+    return _digest(address.lower())
+
+
 def recipient_key(address: str) -> str:
     # Hashed: the index lets us erase a person's emails without their address in a key name.
-    return f"{PREFIX}rcpt:{_digest(address.lower())}"
+    return f"{PREFIX}rcpt:{address_digest(address)}"
+
+
+def suppressed_key(digest: str) -> str:
+    """The suppression entries of the address whose ``address_digest`` is DIGEST."""
+    return f"{PREFIX}suppressed:{digest}"
 
 
 def idempotency_key(key: str) -> str:

@@ -56,7 +56,7 @@ LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 # Statuses an email never leaves (but for a requeue of a failed one).
-TERMINAL = frozenset({"sent", "failed", "expired", "cancelled"})
+TERMINAL = frozenset({"sent", "failed", "expired", "cancelled", "suppressed"})
 # Fields that describe a failure: a sent email carries none of them (its
 # timeline keeps the history).
 _ERROR_FIELDS = ("last_error", "last_smtp_code", "error_class", "failed_at")
@@ -176,8 +176,8 @@ class StatusStore(Indexes):
         Returns (status, payload or lease holder, attempt number, creation time,
         priority, recipients left (JSON, or ""), recipient outcomes so far (JSON, or "")).
 
-        ``sending`` means deliver now (the payload is returned). ``leased``
-        means another sender holds the lease: the holder and the lease's
+        ``sending`` means deliver now (the payload is returned); ``expired_now``: this call expired it.
+        ``leased`` means another sender holds the lease: the holder and the lease's
         remaining milliseconds are returned. ``unknown`` means the previous
         attempt (its number is returned) got as far as DATA and its sender is
         gone: the caller holds the lease and must dead-letter the email.
@@ -189,6 +189,8 @@ class StatusStore(Indexes):
             args=[now_iso(), worker, lease, int(lease_seconds * 1000), time.time(), break_lease, email_id],
         )
         status, payload, number = found[0], found[1], found[2]
+        if status == "expired" and len(found) > 3:
+            return "expired_now", None, 0, 0.0, "transactional", "", ""
         created = float(found[3]) if len(found) > 3 and found[3] else 0.0
         priority = str(found[4]) if len(found) > 4 else "transactional"
         todo, outcomes = (str(found[5] or ""), str(found[6] or "")) if len(found) > 6 else ("", "")
@@ -284,6 +286,22 @@ class StatusStore(Indexes):
                 pipe.hincrby(METRICS, f"provider_sent|{attempt['provider']}", 1)
             observe(pipe, LATENCY, LATENCY_BUCKETS, latency)
             observe(pipe, SEND_DURATION, DURATION_BUCKETS, attempt["duration_ms"] / 1000)
+            pipe.expire(email_key(email_id), self.status_ttl)
+            pipe.expire(attempts_key(email_id), self.status_ttl)
+            pipe.execute()
+
+    def mark_suppressed(self, email_id: str, attempt: Attempt, priority: str, extra: dict[str, str]) -> None:
+        """Every recipient left is on the suppression list: the email ends unsent, its content dropped."""
+        fields = {"status": "suppressed", "updated_at": attempt["finished_at"], "next_attempt_at": ""}
+        fields.update(extra)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(email_key(email_id), mapping=cast(_Mapping, fields))
+            pipe.hdel(email_key(email_id), "rcpt_todo")
+            pipe.hincrby(email_key(email_id), "attempts", -1)  # the server was never contacted
+            pipe.rpush(attempts_key(email_id), as_json(attempt))
+            pipe.delete(payload_key(email_id), lease_key(email_id))
+            pipe.zrem(PENDING, email_id)
+            pipe.hincrby(METRICS, f"suppressed|{priority}", 1)
             pipe.expire(email_key(email_id), self.status_ttl)
             pipe.expire(attempts_key(email_id), self.status_ttl)
             pipe.execute()

@@ -11,7 +11,8 @@
 -- ARGV[4] lease length, ms        ARGV[5] now (epoch seconds)
 -- ARGV[6] a dead holder's lease to break, or ''          ARGV[7] the email id
 -- Returns {status, payload or lease holder, attempt number[, created_ts, priority,
---          recipients left (JSON) or '', recipient outcomes so far (JSON) or '']}.
+--          recipients left (JSON) or '', recipient outcomes so far (JSON) or '']};
+-- an email this call expired: {'expired', false, 0, 'now'}.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', false, 0} end
 if status ~= 'queued' and status ~= 'sending' and status ~= 'retrying' then
@@ -44,7 +45,7 @@ if expires and expires ~= '' and tonumber(expires) <= tonumber(ARGV[5]) then
   finish('expired')
   local priority = redis.call('HGET', KEYS[1], 'priority') or 'transactional'
   redis.call('HINCRBY', KEYS[5], 'expired|' .. priority, 1)
-  return {'expired', false, 0}
+  return {'expired', false, 0, 'now'}
 end
 redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[1], 'worker', ARGV[2])
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
