@@ -19,11 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import jinja2
 import redis
-from pydantic import ValidationError
 
-from neoforge.dkim import sign
 from neoforge.endpoints import Endpoint
 from neoforge.errors import (
     DeliveryError,
@@ -34,10 +31,9 @@ from neoforge.errors import (
 )
 from neoforge.events import EventType, announce
 from neoforge.logs import log_event
-from neoforge.message import EmailRequest
-from neoforge.mime import build
 from neoforge.policy import divert, pace, too_much_mail_refusal
-from neoforge.recipients import Envelope, plan
+from neoforge.preparing import prepare
+from neoforge.recipients import Envelope
 from neoforge.recording import (
     Attempting,
     persist,
@@ -51,12 +47,9 @@ from neoforge.recording import (
 from neoforge.runtime import Runtime
 from neoforge.settings import Settings
 from neoforge.smtp.dialogue import Accepted, deliver
-from neoforge.staging import envelope
 from neoforge.store import event, iso
 from neoforge.store.ledger import take
-from neoforge.suppression import find, list_id, suppress_bounces
-from neoforge.templates import Rendered, render
-from neoforge.unsubscribe import headers as unsubscribe_headers
+from neoforge.suppression import suppress_bounces
 
 __all__ = ["Attempting", "Job", "Outcome", "begin", "budget", "finish", "persist", "run", "run_many"]
 
@@ -173,7 +166,7 @@ def begin(
         email_id, taken.number, taken.created, taken.priority, worker, provider=route.name
     )
     try:
-        data, envelope = _prepare(runtime, email_id, taken.payload, taken.todo, taken.outcomes)
+        data, envelope = prepare(runtime, email_id, taken.payload, taken.todo, taken.outcomes)
     except PermanentDeliveryError as exc:
         return _fail(runtime, attempting, exc)
     except redis.RedisError as exc:  # the suppression list could not be read: nothing was sent
@@ -306,46 +299,6 @@ def run_many(
         for outcome in ordered:
             on_outcome(outcome)
     return ordered
-
-
-def _prepare(
-    runtime: Runtime, email_id: str, payload: str, todo: str, outcomes: str
-) -> tuple[bytes, Envelope]:
-    """The MIME message's bytes, and who it goes to this time (TODO: those left by a partial delivery).
-
-    Recipients on the suppression list are taken out (one pipelined Redis
-    round trip); with none left, no message is built. Built in the calling
-    thread, not on the sender loop: the loop carries every dialogue of the
-    process and must not wait for CPU work.
-    """
-    settings = runtime.settings
-    try:
-        request = EmailRequest.model_validate_json(payload)
-        recipients, held = envelope(request.recipients(), settings)
-        if not recipients:
-            text = "no recipient in EMAIL_ALLOWED_DOMAINS"
-            raise PermanentDeliveryError(text, None, ErrorClass.NOT_ALLOWED)
-        planned = plan(recipients, held, todo, outcomes)
-        planned.suppress(find(runtime.redis, planned.addresses, list_id(request.headers)))
-        if not planned.targets:
-            return b"", planned
-        added = unsubscribe_headers(email_id, request, settings)
-        if added:
-            request = request.model_copy(update={"headers": {**request.headers, **added}})
-        body = render(request.template, request.context) if request.template is not None else Rendered(
-            html=request.html, text=request.text)  # fmt: skip
-        data = build(email_id, request, body, settings).as_bytes()
-        if runtime.dkim_key is not None and settings.dkim_domain and settings.dkim_selector:
-            data = sign(data, settings.dkim_domain, settings.dkim_selector, runtime.dkim_key)
-    except (ValidationError, jinja2.TemplateError, ValueError, TypeError, LookupError) as exc:
-        raise PermanentDeliveryError(
-            f"message cannot be built: {type(exc).__name__}", None, ErrorClass.INVALID
-        ) from exc
-    if len(data) > settings.email_max_message_bytes:
-        limit = settings.email_max_message_bytes
-        text = f"message of {len(data)} bytes is larger than EMAIL_MAX_MESSAGE_BYTES ({limit})"
-        raise PermanentDeliveryError(text, None, ErrorClass.SIZE)
-    return data, planned
 
 
 def _spread(seconds: float, least: float = 0.5) -> float:

@@ -88,8 +88,8 @@ def test_unsigned_by_default(smtp_server: SmtpServer) -> None:
 @pytest.mark.parametrize(
     ("content", "env", "message"),
     [
-        (b"not a key", {}, "DKIM_PRIVATE_KEY_FILE: Value error, {path} is not a PEM RSA private key"),
-        (None, {}, "DKIM_PRIVATE_KEY_FILE: Value error, {path} cannot be read"),
+        (b"not a key", {}, "DKIM_PRIVATE_KEY_FILE: {path} is not a PEM RSA private key"),
+        (None, {}, "DKIM_PRIVATE_KEY_FILE: {path} cannot be read"),
         (b"", {"DKIM_SELECTOR": ""}, "DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE go together"),
     ],
 )
