@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import redis
 
 from neoforge.breaker import Breaker
+from neoforge.capacity import Capacity
 from neoforge.redis_client import connect
 from neoforge.settings import Settings, get_settings
 from neoforge.smtp.pool import Pool, bulk_connections
@@ -85,6 +86,7 @@ class Runtime:
         self.redis: redis.Redis = connect(settings.redis_url, settings.redis_tls_ca_file)
         self.store = StatusStore(self.redis, settings.email_status_ttl)
         self.breaker = Breaker(self.redis, self.store.scripts, settings)
+        self.capacity = Capacity(self.redis, settings.redis_url, settings.redis_memory_headroom)
         # Bulk batches at once per process: enough to keep bulk mail's share of
         # the SMTP connections busy while some batches finish (twice what it
         # holds), never more than half the threads, so the others are always

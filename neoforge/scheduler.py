@@ -97,6 +97,9 @@ class Scheduler:
         last_recovery = time.monotonic()
         while not self._stop.wait(interval):
             try:
+                # The worker's storage gate (tasks/storage.py) reads this
+                # without a round trip of its own.
+                current().capacity.state()
                 if self.hostname:
                     heartbeat(current().redis, self.hostname)
                 self.release_due()

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     # Redis: broker, result backend and our status store, all in one database.
     redis_url: str = "redis://redis:6379/0"
     redis_tls_ca_file: Path | None = None  # CA bundle for rediss:// (default: the system's)
+    # Queueing is refused (QueueFull) once Redis uses all but this percentage of
+    # its maxmemory: the rest is for the workers' own writes (acknowledgements,
+    # outcomes, freeing sent emails' content), so they drain what is queued.
+    redis_memory_headroom: float = Field(10.0, ge=0, lt=100)
 
     # SMTP
     smtp_host: str = "localhost"

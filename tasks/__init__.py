@@ -2,15 +2,17 @@
 
 Thin glue over the delivery core (neoforge/): the app and its signals
 (``app``), the tasks (``email``, ``batch``), the worker-side request that
-hides arguments (``request``), the result backend (``results``) and the
-scheduler bootstep (``scheduling``).
+hides arguments (``request``), the result backend (``results``), the
+scheduler bootstep (``scheduling``) and the consumer's storage gate (``storage``).
 """
 
 from tasks.app import app
 from tasks.batch import send_batch
 from tasks.email import send_email
 from tasks.scheduling import SchedulerStep
+from tasks.storage import StorageGate
 
 app.steps["worker"].add(SchedulerStep)
+app.steps["consumer"].add(StorageGate)
 
 __all__ = ["app", "send_batch", "send_email"]

@@ -19,10 +19,10 @@ import redis
 from neoforge.store.encoding import (
     Attempt,
     as_json,
+    bucket,
     event,
     in_order,
     now_iso,
-    observe,
     pack_payload,
     unpack_payload,
 )
@@ -56,9 +56,6 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 # Statuses an email never leaves (but for a requeue of a failed one).
 TERMINAL = frozenset({"sent", "failed", "expired", "cancelled"})
-# Fields that describe a failure: a sent email carries none of them (its
-# timeline keeps the history).
-_ERROR_FIELDS = ("last_error", "last_smtp_code", "error_class", "failed_at")
 
 _Mapping = Any  # redis-py's stub wants an invariant key type that no plain dict has
 
@@ -257,7 +254,10 @@ class StatusStore(Indexes):
         latency: float,
         extra: dict[str, str] | None = None,
     ) -> None:
-        """The SMTP server accepted the message: record it (EXTRA: recipient outcomes), drop the content."""
+        """The SMTP server accepted the message: record it (EXTRA: recipient outcomes), drop the content.
+
+        Fits in a full Redis (it frees first: lua/sent.lua); a second call for the same email changes nothing.
+        """
         fields: dict[str, str] = {
             "status": "sent",
             "updated_at": attempt["finished_at"],
@@ -265,19 +265,14 @@ class StatusStore(Indexes):
             "next_attempt_at": "",
             **(extra or {}),
         }
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(email_key(email_id), mapping=cast(_Mapping, fields))
-            pipe.hdel(email_key(email_id), *_ERROR_FIELDS, "rcpt_todo")
-            pipe.rpush(attempts_key(email_id), as_json(attempt))
-            pipe.delete(payload_key(email_id), lease_key(email_id))
-            pipe.zrem(PENDING, email_id)
-            pipe.zrem(FAILED, email_id)  # the server took it: never a dead letter
-            pipe.hincrby(METRICS, f"sent|{priority}", 1)
-            observe(pipe, LATENCY, LATENCY_BUCKETS, latency)
-            observe(pipe, SEND_DURATION, DURATION_BUCKETS, attempt["duration_ms"] / 1000)
-            pipe.expire(email_key(email_id), self.status_ttl)
-            pipe.expire(attempts_key(email_id), self.status_ttl)
-            pipe.execute()
+        duration = attempt["duration_ms"] / 1000
+        self.scripts.sent(
+            keys=[email_key(email_id), attempts_key(email_id), payload_key(email_id), lease_key(email_id),
+                  PENDING, FAILED, METRICS, LATENCY, SEND_DURATION],
+            args=[email_id, as_json(fields), as_json(attempt), f"sent|{priority}",
+                  bucket(LATENCY_BUCKETS, latency), latency, bucket(DURATION_BUCKETS, duration), duration,
+                  self.status_ttl],
+        )  # fmt: skip
 
     def mark_failed(
         self,

@@ -10,7 +10,9 @@ from redis.commands.core import Script
 
 __all__ = ["NAMES", "Scripts", "source"]
 
-NAMES = ("begin", "charge", "create", "finish_new", "pause", "purge", "release", "requeue", "unplaced")
+NAMES = (
+    "begin", "charge", "create", "finish_new", "pause", "purge", "release", "requeue", "sent", "unplaced",
+)  # fmt: skip
 
 
 @cache
@@ -33,4 +35,5 @@ class Scripts:
         self.purge: Script = client.register_script(source("purge"))
         self.release: Script = client.register_script(source("release"))
         self.requeue: Script = client.register_script(source("requeue"))
+        self.sent: Script = client.register_script(source("sent"))
         self.unplaced: Script = client.register_script(source("unplaced"))

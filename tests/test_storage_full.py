@@ -1,0 +1,156 @@
+"""Redis full (maxmemory, noeviction) and Redis's disk full (MISCONF), with real processes.
+
+A real ``celery -A tasks worker`` delivers from a redis-server of this module,
+whose data folder is a small tmpfs mounted here (and always unmounted); the
+disk fills with a file of the test's own. The worker must stay up, pause,
+and resume by itself; deliveries are counted per email id at the SMTP server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection
+
+from neoforge.processes import wait_until
+from tests.conftest import RedisServer
+from tests.smtp_server import SmtpServer
+
+# A short visibility timeout: a message Redis handed out but then refused to
+# record as unacknowledged (the moment it filled up) is published again by
+# the recovery sweep within seconds.
+ENV = {
+    "BROKER_VISIBILITY_TIMEOUT": "4",
+    "EMAIL_TASK_TIME_LIMIT": "2",
+    "EMAIL_SCHEDULER_INTERVAL": "0.2",
+    "EMAIL_MAX_RETRIES": "10",
+}
+
+
+@pytest.fixture(scope="module")
+def tmpfs() -> Iterator[Path]:
+    """A 16 MB tmpfs of our own (root only), unmounted afterwards whatever happened."""
+    folder = Path(tempfile.mkdtemp(prefix="neoforge-tmpfs-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+@pytest.fixture(scope="module")
+def small_redis(tmpfs: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmpfs / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def full_client(small_redis: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(small_redis.url, decode_responses=True)
+    client.flushall()
+    yield client
+    client.config_set("maxmemory", 0)
+    client.close()
+
+
+@pytest.fixture
+def worker_on(
+    cli_workers: Callable[..., subprocess.Popen[bytes]], small_redis: RedisServer, tmp_path: Path
+) -> Callable[..., subprocess.Popen[bytes]]:
+    def start(queue: str, **env: str) -> subprocess.Popen[bytes]:
+        return cli_workers(queue, "--concurrency", "2", **{**ENV, "REDIS_URL": small_redis.url, **env})
+
+    return start
+
+
+def _queue(url: str, queue: str, count: int, subject: str) -> list[str]:
+    from tasks import send_email
+
+    with Connection(url) as connection:
+        return [
+            send_email.apply_async(
+                kwargs={"to": [f"full{n}@example.com"], "subject": subject, "text": "x" * 300},
+                queue=queue, connection=connection,
+            ).id
+            for n in range(count)
+        ]  # fmt: skip
+
+
+def _statuses(client: redis.Redis, ids: list[str]) -> list[str]:
+    with client.pipeline(transaction=False) as pipe:
+        for email_id in ids:
+            pipe.hget(f"neoforge:email:{email_id}", "status")
+        return [str(s) for s in pipe.execute()]
+
+
+def _all_sent(client: redis.Redis, ids: list[str], timeout: float) -> None:
+    last: list[str] = []
+
+    def done() -> bool:
+        nonlocal last
+        last = _statuses(client, ids)
+        return all(s == "sent" for s in last)
+
+    try:
+        wait_until(done, timeout, "every email sent", interval=0.2)
+    except TimeoutError:
+        raise AssertionError({s: last.count(s) for s in set(last)}) from None
+
+
+def _log(tmp_path: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in tmp_path.glob("w*.log"))
+
+
+def _exactly_once(server: SmtpServer, ids: list[str]) -> None:
+    counts = server.handler.deliveries()
+    assert {email_id: counts.get(email_id) for email_id in ids} == dict.fromkeys(ids, 1)
+
+
+def test_worker_survives_a_full_redis_and_resumes_by_itself(
+    worker_on: Any, full_client: redis.Redis, small_redis: RedisServer, smtp_server: SmtpServer,
+    settings_env: Any, tmp_path: Path,
+) -> None:  # fmt: skip
+    """Redis at maxmemory when the worker starts, then again while it sends: it stays up and drains."""
+    settings_env(REDIS_URL=small_redis.url)
+    queue = f"full-{uuid.uuid4().hex[:8]}"
+    ids = _queue(small_redis.url, queue, 6, "full")
+    # Over the limit before the worker starts: on main it exits at once.
+    used = int(full_client.info("memory")["used_memory"])
+    full_client.config_set("maxmemory", used // 2)
+    worker = worker_on(queue)
+    wait_until(lambda: _log(tmp_path).count("maxmemory") >= 3 or worker.poll() is not None, 20, "a refusal")
+    assert worker.poll() is None, _log(tmp_path)[-3000:]
+    assert not smtp_server.handler.deliveries()
+    full_client.config_set("maxmemory", 0)
+    _all_sent(full_client, ids, 30)
+    _exactly_once(smtp_server, ids)
+
+    # Full again while it is sending: it pauses, finishes what it holds, resumes by itself.
+    smtp_server.handler.data_delay = 0.3
+    more = _queue(small_redis.url, queue, 8, "full again")
+    wait_until(lambda: any(e in smtp_server.handler.deliveries() for e in more), 10, "a first delivery")
+    refusals = _log(tmp_path).count("maxmemory")
+    used = int(full_client.info("memory")["used_memory"])
+    full_client.config_set("maxmemory", used // 2)
+    # Paused by its storage gate, or its consumer refused and reconnecting.
+    wait_until(lambda: "worker.paused" in _log(tmp_path) or _log(tmp_path).count("maxmemory") > refusals + 2,
+               10, "the worker paused")  # fmt: skip
+    assert worker.poll() is None
+    full_client.config_set("maxmemory", 0)
+    _all_sent(full_client, more, 30)
+    assert worker.poll() is None
+    _exactly_once(smtp_server, ids + more)
