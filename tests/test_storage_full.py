@@ -154,3 +154,42 @@ def test_worker_survives_a_full_redis_and_resumes_by_itself(
     _all_sent(full_client, more, 30)
     assert worker.poll() is None
     _exactly_once(smtp_server, ids + more)
+
+
+def _fill(folder: Path) -> Path:
+    """Fill the file system of FOLDER to the last byte with a file of ours; return it."""
+    filler = folder / "filler"
+    with open(filler, "wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_worker_survives_a_failing_disk_and_resumes_by_itself(
+    worker_on: Any, full_client: redis.Redis, small_redis: RedisServer, smtp_server: SmtpServer,
+    settings_env: Any, tmp_path: Path, tmpfs: Path,
+) -> None:  # fmt: skip
+    """Redis's disk full (append-only writes fail: MISCONF, every write refused): the worker stays up,
+    and every email is delivered exactly once after the disk has room again."""
+    settings_env(REDIS_URL=small_redis.url)
+    queue = f"disk-{uuid.uuid4().hex[:8]}"
+    worker = worker_on(queue)
+    smtp_server.handler.data_delay = 0.3
+    ids = _queue(small_redis.url, queue, 8, "disk full")
+    wait_until(lambda: any(e in smtp_server.handler.deliveries() for e in ids), 10, "a first delivery")
+    filler = _fill(tmpfs)
+    try:
+        wait_until(lambda: full_client.info("persistence")["aof_last_write_status"] == "err", 10, "MISCONF")
+        with pytest.raises(redis.ResponseError, match="MISCONF"):
+            full_client.set("neoforge:test:write", "refused")
+        wait_until(lambda: _log(tmp_path).count("MISCONF") >= 3 or worker.poll() is not None, 10, "refusals")
+        assert worker.poll() is None, _log(tmp_path)[-3000:]
+    finally:
+        filler.unlink()
+    _all_sent(full_client, ids, 40)
+    assert worker.poll() is None
+    _exactly_once(smtp_server, ids)
