@@ -20,6 +20,7 @@ import pytest
 import redis
 from kombu import Connection
 
+from neoforge.metrics import render
 from neoforge.processes import wait_until
 from tests.conftest import RedisServer
 from tests.smtp_server import SmtpServer
@@ -131,6 +132,7 @@ def test_worker_survives_a_full_redis_and_resumes_by_itself(
     # Over the limit before the worker starts: on main it exits at once.
     used = int(full_client.info("memory")["used_memory"])
     full_client.config_set("maxmemory", used // 2)
+    assert f"neoforge_redis_maxmemory_bytes {float(used // 2)}".encode() in render(full_client)
     worker = worker_on(queue)
     wait_until(lambda: _log(tmp_path).count("maxmemory") >= 3 or worker.poll() is not None, 20, "a refusal")
     assert worker.poll() is None, _log(tmp_path)[-3000:]
@@ -186,6 +188,7 @@ def test_worker_survives_a_failing_disk_and_resumes_by_itself(
         wait_until(lambda: full_client.info("persistence")["aof_last_write_status"] == "err", 10, "MISCONF")
         with pytest.raises(redis.ResponseError, match="MISCONF"):
             full_client.set("neoforge:test:write", "refused")
+        assert b'neoforge_redis_persistence_ok{kind="aof"} 0.0' in render(full_client)
         wait_until(lambda: _log(tmp_path).count("MISCONF") >= 3 or worker.poll() is not None, 10, "refusals")
         assert worker.poll() is None, _log(tmp_path)[-3000:]
     finally:
