@@ -117,6 +117,10 @@ def begin(runtime: Runtime, email_id: str, worker: str, deadline: float | None =
     """Take EMAIL_ID's lease and prepare it: a Job to send, or the Outcome if there is nothing to send."""
     settings, store = runtime.settings, runtime.store
     try:
+        if runtime.journal.holds(email_id):
+            # This host's journal has its acceptance (Redis refused the record): sent, not again.
+            runtime.journal.replay(store)
+            return Outcome("done", email_id, status="sent")
         paused = runtime.breaker.wait_for()
         if paused > 0:
             # Sending is paused (a setup failure): wait, attempt nothing, count nothing.
@@ -299,7 +303,7 @@ def _finish_accepted(runtime: Runtime, job: Job, accepted: Accepted) -> Outcome:
                 "every recipient refused: " + replies(accepted.rejected), None, ErrorClass.RECIPIENT_REJECTED
             )
             return _fail(store, job, refused, fields)
-        record_success(store, job, accepted.reply, fields, delivered)
+        record_success(store, job, accepted.reply, fields, delivered, runtime.journal)
         return Outcome("sent", job.email_id, job.number, "sent")
     who = "every recipient" if accepted.reply is None else f"{len(deferred)} recipient(s)"
     codes = [int(r["code"]) for r in accepted.deferred]

@@ -21,6 +21,7 @@ import redis
 
 from neoforge.breaker import Breaker
 from neoforge.capacity import Capacity
+from neoforge.journal import Journal
 from neoforge.redis_client import connect
 from neoforge.settings import Settings, get_settings
 from neoforge.smtp.pool import Pool, bulk_connections
@@ -87,6 +88,7 @@ class Runtime:
         self.store = StatusStore(self.redis, settings.email_status_ttl)
         self.breaker = Breaker(self.redis, self.store.scripts, settings)
         self.capacity = Capacity(self.redis, settings.redis_url, settings.redis_memory_headroom)
+        self.journal = Journal(settings.email_journal_dir, settings.redis_url)
         # Bulk batches at once per process: enough to keep bulk mail's share of
         # the SMTP connections busy while some batches finish (twice what it
         # holds), never more than half the threads, so the others are always

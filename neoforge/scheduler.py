@@ -100,6 +100,9 @@ class Scheduler:
                 # The worker's storage gate (tasks/storage.py) reads this
                 # without a round trip of its own.
                 current().capacity.state()
+                # Deliveries Redis would not record, recorded now if it takes writes (and at start).
+                if current().journal.replay(current().store):
+                    log_event(logger, "journal.replayed")
                 if self.hostname:
                     heartbeat(current().redis, self.hostname)
                 self.release_due()

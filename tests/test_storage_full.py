@@ -73,7 +73,8 @@ def worker_on(
     cli_workers: Callable[..., subprocess.Popen[bytes]], small_redis: RedisServer, tmp_path: Path
 ) -> Callable[..., subprocess.Popen[bytes]]:
     def start(queue: str, **env: str) -> subprocess.Popen[bytes]:
-        return cli_workers(queue, "--concurrency", "2", **{**ENV, "REDIS_URL": small_redis.url, **env})
+        env = {**ENV, "REDIS_URL": small_redis.url, "EMAIL_JOURNAL_DIR": str(tmp_path / "journal"), **env}
+        return cli_workers(queue, "--concurrency", "2", **env)
 
     return start
 
@@ -196,3 +197,32 @@ def test_worker_survives_a_failing_disk_and_resumes_by_itself(
     _all_sent(full_client, ids, 40)
     assert worker.poll() is None
     _exactly_once(smtp_server, ids)
+
+
+def test_a_delivery_redis_would_not_record_is_never_a_dead_letter_nor_sent_again(
+    worker_on: Any, full_client: redis.Redis, small_redis: RedisServer, smtp_server: SmtpServer,
+    settings_env: Any, tmp_path: Path, tmpfs: Path,
+) -> None:  # fmt: skip
+    """The disk stays full longer than a sent email's record is tried: the acceptance goes to the
+    worker's journal, is recorded once Redis writes again, and a requeue does not send it twice."""
+    from neoforge.runtime import current
+
+    settings_env(REDIS_URL=small_redis.url)
+    queue = f"journal-{uuid.uuid4().hex[:8]}"
+    worker = worker_on(queue)
+    smtp_server.handler.data_delay = 1.0  # the disk fills while the server holds DATA
+    ids = _queue(small_redis.url, queue, 4, "journaled")
+    wait_until(lambda: "email.sending" in _log(tmp_path), 10, "a first attempt")
+    filler = _fill(tmpfs)
+    try:
+        wait_until(
+            lambda: "email.sent_journaled" in _log(tmp_path) or worker.poll() is not None, 20, "journal"
+        )
+        assert worker.poll() is None, _log(tmp_path)[-3000:]
+    finally:
+        filler.unlink()
+    _all_sent(full_client, ids, 40)
+    assert not full_client.zcard("neoforge:failed")
+    assert not any(current().store.requeue(email_id) for email_id in ids)
+    _exactly_once(smtp_server, ids)
+    assert worker.poll() is None
