@@ -93,6 +93,12 @@ task_time_limit = _settings.email_task_time_limit
 task_publish_retry = True
 task_publish_retry_policy = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
 broker_connection_retry_on_startup = True
+# Redis refusing a write (maxmemory with noeviction, or MISCONF when its disk
+# fails) is a ResponseError, which kombu counts as a channel error: without
+# this the worker ends ("Unrecoverable error: OutOfMemoryError") and cannot
+# start while Redis is full. With it the consumer reconnects, and keeps trying
+# until Redis takes writes again (tasks/storage.py pauses it meanwhile).
+broker_channel_error_retry = True
 broker_connection_timeout = 5.0
 redis_socket_connect_timeout = 5.0
 redis_socket_timeout = 10.0

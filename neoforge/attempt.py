@@ -124,6 +124,10 @@ def begin(
     """
     settings, store = runtime.settings, runtime.store
     try:
+        if runtime.journal.holds(email_id):
+            # This host's journal has its acceptance (Redis refused the record): sent, not again.
+            runtime.journal.replay(store)
+            return Outcome("done", email_id, status="sent")
         paused = runtime.breaker.wait_for()
         if paused > 0:
             # Sending is paused (a setup failure): wait, attempt nothing, count nothing.
@@ -323,7 +327,7 @@ def _finish_accepted(runtime: Runtime, job: Job, accepted: Accepted) -> Outcome:
                 "every recipient refused: " + replies(accepted.rejected), None, ErrorClass.RECIPIENT_REJECTED
             )
             return _fail(runtime, job, refused, fields)
-        record_success(store, job, accepted.reply, fields, delivered)
+        record_success(store, job, accepted.reply, fields, delivered, runtime.journal)
         _tell(runtime, "sent", job, "sent", delivered=delivered)
         return Outcome("sent", job.email_id, job.number, "sent")
     who = "every recipient" if accepted.reply is None else f"{len(deferred)} recipient(s)"

@@ -47,6 +47,7 @@ def queue_bulk(fields: BulkRequest | dict[str, Any]) -> tuple[str, list[str]]:
     batch_id = str(uuid.uuid4())
     ids = [str(uuid.uuid4()) for _ in requests]
     rt = current()
+    rt.capacity.check_queueing()
     try:
         # Recorded 500 to a pipeline, published as send_batch messages of
         # EMAIL_BULK_BATCH_SIZE ids: not one round trip, nor one message, per

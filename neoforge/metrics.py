@@ -70,13 +70,17 @@ class _Collector(Collector):
             pipe.zcard(SUPPRESSED)
             pipe.zcount(SUPPRESSED_EXPIRY, "-inf", now)
             pipe.llen(WEBHOOKS_FAILED)
+            pipe.info("memory")
+            pipe.info("persistence")
             replies = pipe.execute()
         suppressed, lapsed, webhook_dead = replies[-3:]
         replies = replies[:-3]
         counters, latency, duration = replies[0], replies[1], replies[2]
         waiting = dict(zip(QUEUES, replies[3 : 3 + 2 * len(QUEUES) : 2], strict=True))
         oldest_raw = dict(zip(QUEUES, replies[4 : 4 + 2 * len(QUEUES) : 2], strict=True))
-        unacked_raw, scheduled, dead, workers, (paused_until, paused_class) = replies[3 + 2 * len(QUEUES) :]
+        unacked_raw, scheduled, dead, workers, (paused_until, paused_class), memory, persistence = replies[
+            3 + 2 * len(QUEUES) :
+        ]
 
         yield from _counters(counters)
         yield _histogram("neoforge_delivery_latency_seconds", "Queued to accepted by the SMTP server.",
@@ -125,11 +129,30 @@ class _Collector(Collector):
         gauge.add_metric([str(paused_class or "none")], 0.0 if paused_until is None else 1.0)
         yield gauge
         yield from circuit_gauge(c)
+        yield from _redis_gauges(memory, persistence)
 
     def _age(self, raw: Any, now: float) -> float:
         ids = message_ids(raw) if raw else []
         published = published_at(self.client, ids[0]) if ids else None
         return max(0.0, now - published) if published else 0.0
+
+
+def _redis_gauges(memory: dict[str, Any], persistence: dict[str, Any]) -> Iterator[Metric]:
+    # Redis refuses every write at maxmemory (noeviction) or when persisting
+    # fails (MISCONF); queueing stops earlier, at REDIS_MEMORY_HEADROOM.
+    yield GaugeMetricFamily("neoforge_redis_used_memory_bytes", "Memory Redis uses (INFO used_memory).",
+                            value=float(memory.get("used_memory") or 0))  # fmt: skip
+    yield GaugeMetricFamily("neoforge_redis_maxmemory_bytes", "Redis's maxmemory (0: no limit).",
+                            value=float(memory.get("maxmemory") or 0))  # fmt: skip
+    gauge = GaugeMetricFamily(
+        "neoforge_redis_persistence_ok",
+        "1 while Redis's last write of the kind (aof: append-only file, rdb: snapshot) succeeded; "
+        "0 means Redis refuses writes (MISCONF).",
+        labels=["kind"],
+    )
+    gauge.add_metric(["aof"], 0.0 if persistence.get("aof_last_write_status") == "err" else 1.0)
+    gauge.add_metric(["rdb"], 0.0 if persistence.get("rdb_last_bgsave_status") == "err" else 1.0)
+    yield gauge
 
 
 _WAITING_HELP = (

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from neoforge.errors import DeliveryError, ErrorClass, PermanentDeliveryError, TransientDeliveryError
+from neoforge.journal import Journal
 from neoforge.logs import log_event
 from neoforge.redact import mask_addresses
 from neoforge.retry import retry_delay
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Seconds a sent email's record is tried before it goes to the journal instead.
+_RECORD_WAIT = 3.0
 
 
 @dataclass
@@ -137,16 +141,24 @@ def replies(refusals: list[dict[str, Any]]) -> str:
 
 
 def record_success(
-    store: StatusStore, job: Attempting, reply: str, fields: dict[str, str], delivered: str
+    store: StatusStore, job: Attempting, reply: str, fields: dict[str, str], delivered: str, journal: Journal
 ) -> None:
     entry = job.entry("sent", smtp_reply=mask_addresses(reply[:200]), delivered=delivered)
     latency = time.time() - job.created if job.created else 0.0
-    # The server has the message. If Redis stays away, the email still counts
-    # as delivered and the gap is logged; the ledger's "DATA began" mark keeps
-    # any later message from sending it again.
+    # The server has the message. If Redis will not take the record (full, its
+    # disk failing, away), the acceptance goes to this host's journal and into
+    # Redis once it takes writes again; never a dead letter, never sent twice.
     try:
-        persist(lambda: store.mark_sent(job.email_id, entry, job.priority, latency, fields))
+        persist(lambda: store.mark_sent(job.email_id, entry, job.priority, latency, fields), _RECORD_WAIT)
     except redis.RedisError as exc:
-        log_event(logger, "email.sent_unrecorded", logging.ERROR, id=job.email_id, reason=type(exc).__name__)
+        try:
+            journal.add(email_id=job.email_id, attempt=entry, priority=job.priority, latency=latency,
+                        extra=fields)  # fmt: skip
+            log_event(logger, "email.sent_journaled", logging.WARNING, id=job.email_id,
+                      reason=type(exc).__name__)  # fmt: skip
+        except OSError as failed:
+            # Not even the disk: the ledger's "DATA began" mark still keeps it from being sent twice.
+            log_event(logger, "email.sent_unrecorded", logging.ERROR, id=job.email_id,
+                      reason=f"{type(exc).__name__}, journal: {type(failed).__name__}")  # fmt: skip
     log_event(logger, "email.sent", id=job.email_id, status="sent", attempt=job.number,
               duration_ms=entry["duration_ms"], delivered=delivered, worker=job.worker)  # fmt: skip

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import redis
 
 from neoforge.breaker import Breaker
+from neoforge.capacity import Capacity
+from neoforge.journal import Journal
 from neoforge.pacing import Pacer
 from neoforge.providers import Providers
 from neoforge.redis_client import connect
@@ -93,6 +95,8 @@ class Runtime:
         self.providers = Providers(self.redis, self.store.scripts, settings)
         self.pacer = Pacer(self.redis, self.store.scripts, settings)
         self.dkim_key = settings.dkim_key  # read once; checked with the settings
+        self.capacity = Capacity(self.redis, settings.redis_url, settings.redis_memory_headroom)
+        self.journal = Journal(settings.email_journal_dir, settings.redis_url)
         # Bulk batches at once per process: enough to keep bulk mail's share of
         # the SMTP connections busy while some batches finish (twice what it
         # holds), never more than half the threads, so the others are always

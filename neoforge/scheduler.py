@@ -97,6 +97,12 @@ class Scheduler:
         last_recovery = time.monotonic()
         while not self._stop.wait(interval):
             try:
+                # The worker's storage gate (tasks/storage.py) reads this
+                # without a round trip of its own.
+                current().capacity.state()
+                # Deliveries Redis would not record, recorded now if it takes writes (and at start).
+                if current().journal.replay(current().store):
+                    log_event(logger, "journal.replayed")
                 if self.hostname:
                     heartbeat(current().redis, self.hostname)
                 self.release_due()

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     # refuse writes outright while replicas are missing.
     redis_wait_replicas: int = Field(0, ge=0, le=10)
     redis_wait_timeout: float = Field(0.5, gt=0, le=30)
+    # Queueing is refused (QueueFull) once Redis uses all but this percentage of
+    # its maxmemory: the rest is for the workers' own writes (acknowledgements,
+    # outcomes, freeing sent emails' content), so they drain what is queued.
+    redis_memory_headroom: float = Field(10.0, ge=0, lt=100)
+    # Where a worker keeps deliveries Redis would not record (neoforge/journal.py)
+    # until it takes writes again: a folder that survives restarts of the host's workers.
+    email_journal_dir: Path = Field(default_factory=lambda: Path.home() / ".local/state/neoforge/journal")
 
     # SMTP
     smtp_host: str = "localhost"

@@ -134,7 +134,10 @@ class EmailTask(Task):  # type: ignore[misc]
         if not checked:
             check_renders(request)
         settings = get_settings()
-        store = current().store
+        rt = current()
+        # Refused before Redis's own limit: the rest is for the workers' writes.
+        rt.capacity.check_queueing()
+        store = rt.store
         queue = options.pop("queue", None) or request.priority
         email_id = str(options.pop("task_id", None) or uuid.uuid4())
         delay = _delay(options)

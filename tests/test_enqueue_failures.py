@@ -74,3 +74,25 @@ def test_redis_full_is_a_clear_503_and_nothing_is_queued(api: Any, redis_client:
     assert no_email_left(redis_client)
     assert api.get("/health").status_code == 200
     assert api.post("/emails", json=email, headers=AUTH).status_code == 202
+
+
+def test_queueing_stops_at_the_headroom_while_redis_still_takes_writes(
+    api: Any, redis_client: redis.Redis, settings_env: Any
+) -> None:
+    """REDIS_MEMORY_HEADROOM of maxmemory is kept for the workers: the API refuses new mail first."""
+    from tests.conftest import AUTH
+
+    settings_env(REDIS_MEMORY_HEADROOM="20")
+    used = int(redis_client.info("memory")["used_memory"])
+    redis_client.config_set("maxmemory", int(used / 0.92))  # 92% full: past the headroom, not full
+    try:
+        email = {"to": ["a@example.com"], "subject": "s", "text": "x"}
+        response = api.post("/emails", json=email, headers=AUTH)
+        assert response.status_code == 503, response.text
+        assert "storage is full" in response.json()["detail"]
+        assert api.get("/health").json()["redis"] == "full"
+        assert redis_client.set("neoforge:test:room", "a worker's write still fits")
+    finally:
+        redis_client.config_set("maxmemory", 0)
+        redis_client.delete("neoforge:test:room")
+    assert no_email_left(redis_client)

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
+from neoforge.capacity import read
 from neoforge.metrics import render as render_metrics
 from neoforge.runtime import current
 from neoforge.schemas import Health
@@ -30,23 +31,14 @@ def metrics() -> Response:
 
 
 def _redis_state() -> str:
-    """ "ok" when Redis answers and takes writes; "full" at maxmemory or with persistence failing;
-    else the name of the error."""
-    client = current().redis
+    """ "ok" when Redis answers and takes new mail; "full" when queueing is refused (maxmemory less
+    REDIS_MEMORY_HEADROOM reached, or persistence failing); else the name of the error."""
+    rt = current()
     try:
-        with client.pipeline(transaction=False) as pipe:
-            pipe.info("memory")
-            pipe.info("persistence")
-            memory, persistence = pipe.execute()
-        info = memory | persistence
+        state = read(rt.redis)
     except redis.RedisError as exc:
         return type(exc).__name__
-    limit = int(info.get("maxmemory") or 0)
-    if limit and int(info.get("used_memory") or 0) >= limit * 0.98:
-        return "full"
-    if info.get("rdb_last_bgsave_status") == "err" or info.get("aof_last_write_status") == "err":
-        return "full"
-    return "ok"
+    return "full" if state.queueing_refused(rt.settings.redis_memory_headroom) else "ok"
 
 
 def health() -> JSONResponse:

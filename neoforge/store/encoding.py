@@ -14,11 +14,11 @@ from neoforge.store.keys import MINUTE_TTL, minute_key
 __all__ = [
     "Attempt",
     "as_json",
+    "bucket",
     "event",
     "in_order",
     "iso",
     "now_iso",
-    "observe",
     "pack_payload",
     "per_minute",
     "unpack_payload",
@@ -73,12 +73,9 @@ def unpack_payload(stored: str) -> str:
     return stored
 
 
-def observe(pipe: Any, key: str, buckets: tuple[float, ...], value: float) -> None:
-    """Count VALUE in the first bucket that holds it (cumulated when exported)."""
-    bucket = next((str(b) for b in buckets if value <= b), "+Inf")
-    pipe.hincrby(key, bucket, 1)
-    pipe.hincrby(key, "count", 1)
-    pipe.hincrbyfloat(key, "sum", value)
+def bucket(buckets: tuple[float, ...], value: float) -> str:
+    """The field of the first bucket that holds VALUE."""
+    return next((str(b) for b in buckets if value <= b), "+Inf")
 
 
 def per_minute(pipe: Any, kind: str) -> None:

@@ -19,10 +19,10 @@ import redis
 from neoforge.store.encoding import (
     Attempt,
     as_json,
+    bucket,
     event,
     in_order,
     now_iso,
-    observe,
     pack_payload,
     per_minute,
     unpack_payload,
@@ -32,6 +32,7 @@ from neoforge.store.keys import (
     FAILED,
     LATENCY,
     METRICS,
+    MINUTE_TTL,
     PENDING,
     SCHEDULED,
     SEND_DURATION,
@@ -39,6 +40,7 @@ from neoforge.store.keys import (
     email_key,
     idempotency_key,
     lease_key,
+    minute_key,
     payload_key,
     recipient_key,
 )
@@ -57,9 +59,6 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 # Statuses an email never leaves (but for a requeue of a failed one).
 TERMINAL = frozenset({"sent", "failed", "expired", "cancelled", "suppressed"})
-# Fields that describe a failure: a sent email carries none of them (its
-# timeline keeps the history).
-_ERROR_FIELDS = ("last_error", "last_smtp_code", "error_class", "failed_at")
 
 _Mapping = Any  # redis-py's stub wants an invariant key type that no plain dict has
 
@@ -265,7 +264,10 @@ class StatusStore(Indexes):
         latency: float,
         extra: dict[str, str] | None = None,
     ) -> None:
-        """The SMTP server accepted the message: record it (EXTRA: recipient outcomes), drop the content."""
+        """The SMTP server accepted the message: record it (EXTRA: recipient outcomes), drop the content.
+
+        Fits in a full Redis (it frees first: lua/sent.lua); a second call for the same email changes nothing.
+        """
         fields: dict[str, str] = {
             "status": "sent",
             "updated_at": attempt["finished_at"],
@@ -273,22 +275,15 @@ class StatusStore(Indexes):
             "next_attempt_at": "",
             **(extra or {}),
         }
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(email_key(email_id), mapping=cast(_Mapping, fields))
-            pipe.hdel(email_key(email_id), *_ERROR_FIELDS, "rcpt_todo")
-            pipe.rpush(attempts_key(email_id), as_json(attempt))
-            pipe.delete(payload_key(email_id), lease_key(email_id))
-            pipe.zrem(PENDING, email_id)
-            pipe.zrem(FAILED, email_id)  # the server took it: never a dead letter
-            pipe.hincrby(METRICS, f"sent|{priority}", 1)
-            per_minute(pipe, "sent")
-            if attempt.get("provider"):
-                pipe.hincrby(METRICS, f"provider_sent|{attempt['provider']}", 1)
-            observe(pipe, LATENCY, LATENCY_BUCKETS, latency)
-            observe(pipe, SEND_DURATION, DURATION_BUCKETS, attempt["duration_ms"] / 1000)
-            pipe.expire(email_key(email_id), self.status_ttl)
-            pipe.expire(attempts_key(email_id), self.status_ttl)
-            pipe.execute()
+        duration = attempt["duration_ms"] / 1000
+        provider = f"provider_sent|{attempt['provider']}" if attempt.get("provider") else ""
+        self.scripts.sent(
+            keys=[email_key(email_id), attempts_key(email_id), payload_key(email_id), lease_key(email_id),
+                  PENDING, FAILED, METRICS, LATENCY, SEND_DURATION, minute_key(int(time.time() // 60))],
+            args=[email_id, as_json(fields), as_json(attempt), f"sent|{priority}",
+                  bucket(LATENCY_BUCKETS, latency), latency, bucket(DURATION_BUCKETS, duration), duration,
+                  self.status_ttl, MINUTE_TTL, provider],
+        )  # fmt: skip
 
     def mark_suppressed(self, email_id: str, attempt: Attempt, priority: str, extra: dict[str, str]) -> None:
         """Every recipient left is on the suppression list: the email ends unsent, its content dropped."""

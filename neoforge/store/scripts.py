@@ -12,7 +12,7 @@ __all__ = ["NAMES", "Scripts", "source"]
 
 NAMES = (
     "begin", "charge", "circuit", "create", "finish_new", "pace", "pause", "purge", "release", "requeue",
-    "throttle", "unplaced",
+    "sent", "throttle", "unplaced",
 )  # fmt: skip
 
 
@@ -39,4 +39,5 @@ class Scripts:
         self.release: Script = client.register_script(source("release"))
         self.requeue: Script = client.register_script(source("requeue"))
         self.throttle: Script = client.register_script(source("throttle"))
+        self.sent: Script = client.register_script(source("sent"))
         self.unplaced: Script = client.register_script(source("unplaced"))
