@@ -363,7 +363,7 @@ def _suppressed(runtime: Runtime, job: Attempting, envelope: Envelope) -> Outcom
     fields, delivered = envelope.fields()
     entry = job.entry("suppressed", delivered=delivered)
     if delivered != "none":
-        record_success(runtime.store, job, "", fields, delivered)
+        record_success(runtime.store, job, "", fields, delivered, runtime.journal)
         return Outcome("sent", job.email_id, job.number, "sent")
     persist(lambda: runtime.store.mark_suppressed(job.email_id, entry, job.priority, fields))
     log_event(logger, "email.suppressed", id=job.email_id, status="suppressed", worker=job.worker)

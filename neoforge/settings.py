@@ -38,19 +38,13 @@ class Settings(BaseSettings):
     # Redis: broker, result backend and our status store, all in one database.
     redis_url: str = "redis://redis:6379/0"
     redis_tls_ca_file: Path | None = None  # CA bundle for rediss:// (default: the system's)
-    # High availability: Redis Sentinel addresses ("host:port,host:port"). When
-    # set, every client (broker, result backend, status store, API) asks them
-    # for the current primary of REDIS_SENTINEL_MASTER and follows a failover;
-    # REDIS_URL then gives only the database, password and scheme (its host and
-    # port are not used). REDIS_SENTINEL_PASSWORD is the Sentinels' own.
+    # Sentinels ("host:port,..."): every client follows REDIS_SENTINEL_MASTER's primary, and
+    # REDIS_URL gives only the database, password and scheme (README "Running on several hosts").
     redis_sentinels: Annotated[list[tuple[str, int]], NoDecode] = []
     redis_sentinel_master: str = "mymaster"
     redis_sentinel_password: SecretStr | None = None
-    # Acknowledged means replicated: after recording an email, wait until this
-    # many replicas have it (Redis WAIT), at most REDIS_WAIT_TIMEOUT seconds.
-    # A timeout still accepts the email (it is on the primary) and is counted
-    # in neoforge_unreplicated_total; Redis's min-replicas-to-write is how to
-    # refuse writes outright while replicas are missing.
+    # Acknowledged means replicated: WAIT for this many replicas after recording an email (a
+    # timeout still accepts it, counted in neoforge_emails_unreplicated_total).
     redis_wait_replicas: int = Field(0, ge=0, le=10)
     redis_wait_timeout: float = Field(0.5, gt=0, le=30)
     # Queueing is refused (QueueFull) once Redis uses all but this percentage of
