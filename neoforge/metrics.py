@@ -67,11 +67,12 @@ class _Collector(Collector):
             pipe.zcard(FAILED)
             pipe.zcount(WORKERS, now - _HEARTBEAT_TTL, "+inf")
             pipe.hmget(SMTP_PAUSED, ["until", "error_class"])
+            pipe.info("memory")
+            pipe.info("persistence")
+            # Last three: the sending policy's (read first below).
             pipe.zcard(SUPPRESSED)
             pipe.zcount(SUPPRESSED_EXPIRY, "-inf", now)
             pipe.llen(WEBHOOKS_FAILED)
-            pipe.info("memory")
-            pipe.info("persistence")
             replies = pipe.execute()
         suppressed, lapsed, webhook_dead = replies[-3:]
         replies = replies[:-3]

@@ -132,11 +132,15 @@ def smtp_server() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def environment(redis_server: RedisServer, smtp_server: SmtpServer) -> Iterator[dict[str, str]]:
-    """Point settings (and so Celery) at our servers before anything reads them."""
+def environment(
+    redis_server: RedisServer, smtp_server: SmtpServer, tmp_root: Path
+) -> Iterator[dict[str, str]]:
+    """Point settings (and so Celery) at our servers, and the workers' journal at a private
+    folder, before anything reads them."""
     from neoforge.settings import get_settings
 
-    env = {**TEST_ENV, "REDIS_URL": redis_server.url, "SMTP_PORT": str(smtp_server.port)}
+    env = {**TEST_ENV, "REDIS_URL": redis_server.url, "SMTP_PORT": str(smtp_server.port),
+           "EMAIL_JOURNAL_DIR": str(tmp_root / "journal")}  # fmt: skip
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     get_settings.cache_clear()

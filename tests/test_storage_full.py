@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,7 +51,9 @@ def tmpfs() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def small_redis(tmpfs: Path) -> Iterator[RedisServer]:
+def small_redis(tmpfs: Path, celery_app: Any) -> Iterator[RedisServer]:
+    # celery_app first: Celery reads its configuration once per process, and must read the
+    # session's (this module points REDIS_URL at its own small Redis for a while).
     server = RedisServer(tmpfs / "redis")
     server.start()
     try:
@@ -159,6 +162,14 @@ def test_worker_survives_a_full_redis_and_resumes_by_itself(
     _exactly_once(smtp_server, ids + more)
 
 
+def _refuses_writes(client: redis.Redis) -> bool:
+    try:
+        client.set("neoforge:test:probe", uuid.uuid4().hex)
+    except redis.ResponseError as exc:
+        return "MISCONF" in str(exc)
+    return False
+
+
 def _fill(folder: Path) -> Path:
     """Fill the file system of FOLDER to the last byte with a file of ours; return it."""
     filler = folder / "filler"
@@ -210,17 +221,29 @@ def test_a_delivery_redis_would_not_record_is_never_a_dead_letter_nor_sent_again
     settings_env(REDIS_URL=small_redis.url)
     queue = f"journal-{uuid.uuid4().hex[:8]}"
     worker = worker_on(queue)
-    smtp_server.handler.data_delay = 1.0  # the disk fills while the server holds DATA
+    fillers: list[Path] = []
+    once = threading.Lock()
+
+    def fill_before_the_reply() -> None:
+        # Inside the server, after the whole message came in and before its 250: the DATA mark
+        # is written, the sent record will not be. A write of ours makes Redis meet its full
+        # disk at once, so every write after it is refused (MISCONF).
+        with once:
+            if not fillers:
+                fillers.append(_fill(tmpfs))
+                wait_until(lambda: _refuses_writes(full_client), 5, "Redis refusing writes")
+
+    smtp_server.handler.data_hook = fill_before_the_reply
     ids = _queue(small_redis.url, queue, 4, "journaled")
-    wait_until(lambda: "email.sending" in _log(tmp_path), 10, "a first attempt")
-    filler = _fill(tmpfs)
     try:
         wait_until(
             lambda: "email.sent_journaled" in _log(tmp_path) or worker.poll() is not None, 20, "journal"
         )
         assert worker.poll() is None, _log(tmp_path)[-3000:]
     finally:
-        filler.unlink()
+        smtp_server.handler.data_hook = None
+        for filler in fillers:
+            filler.unlink()
     _all_sent(full_client, ids, 40)
     assert not full_client.zcard("neoforge:failed")
     assert not any(current().store.requeue(email_id) for email_id in ids)
