@@ -14,6 +14,7 @@ import hmac
 import json
 import secrets
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -170,15 +171,23 @@ def _client(request: Request) -> str:
 
 
 def signin_allowed(request: Request) -> bool:
-    """False once this client address has CONSOLE_SIGNIN_LIMIT failed sign-ins in the window."""
-    used = current().redis.get(signin_key(_client(request), int(time.time() // _WINDOW)))
-    return int(used or 0) < get_settings().console_signin_limit
+    """False once this client address has CONSOLE_SIGNIN_LIMIT failed sign-ins in the last window.
+
+    A sliding window (a sorted set of failure times): a fixed one would forgive every failure at
+    its boundary, a few seconds after the limit was reached.
+    """
+    key = signin_key(_client(request))
+    with current().redis.pipeline(transaction=True) as pipe:
+        pipe.zremrangebyscore(key, "-inf", time.time() - _WINDOW)
+        pipe.zcard(key)
+        used = pipe.execute()[-1]
+    return int(used) < get_settings().console_signin_limit
 
 
 def signin_failed(request: Request) -> None:
     """Count one failed sign-in from this client address."""
-    key = signin_key(_client(request), int(time.time() // _WINDOW))
+    key = signin_key(_client(request))
     with current().redis.pipeline(transaction=True) as pipe:
-        pipe.incr(key)
+        pipe.zadd(key, {uuid.uuid4().hex: time.time()})
         pipe.expire(key, _WINDOW)
         pipe.execute()

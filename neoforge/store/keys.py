@@ -21,7 +21,7 @@ Keys (all under ``neoforge:``):
 - ``smtp:paused``, ``smtp:probe``  sending paused after a setup failure, and who probes the server
 - ``minute:{n}``           hash: sent / failed / retried in minute N since the epoch (kept two hours)
 - ``console:secret``       the console's session signing key when CONSOLE_SECRET is unset
-- ``console:signin:{sha256}:{window}``  failed console sign-ins of one client address
+- ``console:signin:{sha256}``  sorted set: times of one client address's failed console sign-ins
 - ``pace:{provider}``, ``pace:domain:{domain}``  outbound rate limits' token buckets (neoforge/pacing.py)
 - ``provider:{name}:circuit``, ``provider:{name}:probe``  a provider's circuit breaker (neoforge/providers.py)
 - ``suppressed:{sha256}``  hash: one address's suppression entries, by scope ("*" or a list id)
@@ -159,9 +159,9 @@ def minute_key(minute: int) -> str:
     return f"{PREFIX}minute:{minute}"
 
 
-def signin_key(client: str, window: int) -> str:
-    """Failed console sign-ins from CLIENT (an address, hashed) in one WINDOW."""
-    return f"{PREFIX}console:signin:{_digest(client)[:32]}:{window}"
+def signin_key(client: str) -> str:
+    """The times of failed console sign-ins from CLIENT (an address, hashed)."""
+    return f"{PREFIX}console:signin:{_digest(client)[:32]}"
 
 
 def provider_bucket_key(provider: str) -> str:
