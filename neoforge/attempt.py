@@ -317,10 +317,17 @@ def _finish_accepted(runtime: Runtime, job: Job, accepted: Accepted) -> Outcome:
     if throttled is not None and (moved := divert(runtime, job, job.endpoint, throttled)):
         return Outcome("busy", job.email_id, job.number, moved[0], delay=moved[1], error=throttled)
     deferred, fields, delivered = job.envelope.settle(accepted)
-    if accepted.reply is not None:
-        runtime.breaker.succeeded()
-        runtime.providers.succeeded(job.endpoint)
-    suppress_bounces(runtime.redis, accepted.rejected, runtime.settings)
+    try:
+        if accepted.reply is not None:
+            runtime.breaker.succeeded()
+            runtime.providers.succeeded(job.endpoint)
+        suppress_bounces(runtime.redis, accepted.rejected, runtime.settings)
+    except redis.RedisError as exc:
+        # Hints for later sends only: a refused write here (a full disk, MISCONF) must not turn
+        # a message the server accepted into a requeue, and so a second copy. The outcome below
+        # is recorded, or journaled when Redis refuses it too.
+        log_event(logger, "email.hint_unrecorded", logging.WARNING, id=job.email_id,
+                  reason=type(exc).__name__)  # fmt: skip
     if not deferred:
         if accepted.reply is None:  # every recipient refused for good
             refused = PermanentDeliveryError(

@@ -254,6 +254,29 @@ def wait_for_status(email_id: str, wanted: set[str], timeout: float = 20.0) -> d
     return record
 
 
+def statuses(client: redis.Redis, ids: list[str]) -> list[str]:
+    """The status of each of IDS, in one round trip."""
+    with client.pipeline(transaction=False) as pipe:
+        for email_id in ids:
+            pipe.hget(f"neoforge:email:{email_id}", "status")
+        return [str(s) for s in pipe.execute()]
+
+
+def all_sent(client: redis.Redis, ids: list[str], timeout: float) -> None:
+    """Poll until every one of IDS is sent; fail with the count of each status seen last."""
+    last: list[str] = []
+
+    def done() -> bool:
+        nonlocal last
+        last = statuses(client, ids)
+        return all(s == "sent" for s in last)
+
+    try:
+        wait_until(done, timeout, "every email sent", interval=0.2)
+    except TimeoutError:
+        raise AssertionError({s: last.count(s) for s in set(last)}) from None
+
+
 def no_email_left(client: redis.Redis) -> bool:
     """No record, payload or index entry of any email (counters and heartbeats may exist)."""
     return not list(client.scan_iter("neoforge:email:*")) and not any(

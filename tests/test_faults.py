@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from neoforge.processes import free_port, wait_until
-from tests.conftest import RedisServer, wait_for_status
+from tests.conftest import RedisServer, all_sent, statuses, wait_for_status
 from tests.smtp_server import SmtpServer
 from tests.tcp_proxy import TcpProxy
 
@@ -50,27 +50,6 @@ def _queue() -> str:
     return f"faults-{uuid.uuid4().hex[:8]}"
 
 
-def _statuses(client: redis.Redis, ids: list[str]) -> list[str]:
-    with client.pipeline(transaction=False) as pipe:
-        for email_id in ids:
-            pipe.hget(f"neoforge:email:{email_id}", "status")
-        return [str(s) for s in pipe.execute()]
-
-
-def _all_sent(client: redis.Redis, ids: list[str], timeout: float) -> None:
-    last: list[str] = []
-
-    def done() -> bool:
-        nonlocal last
-        last = _statuses(client, ids)
-        return all(s == "sent" for s in last)
-
-    try:
-        wait_until(done, timeout, "every email sent", interval=0.2)
-    except TimeoutError:
-        raise AssertionError({s: last.count(s) for s in set(last)}) from None
-
-
 def _settled_after_kill(client: redis.Redis, ids: list[str], server: SmtpServer, timeout: float) -> int:
     """Wait until every email is sent or dead-lettered; check each reached the server at most once.
 
@@ -81,7 +60,7 @@ def _settled_after_kill(client: redis.Redis, ids: list[str], server: SmtpServer,
 
     def settled() -> bool:
         nonlocal last
-        last = _statuses(client, ids)
+        last = statuses(client, ids)
         return all(s in ("sent", "failed") for s in last)
 
     try:
@@ -120,7 +99,7 @@ def test_worker_killed_mid_send_loses_nothing(
     concurrency = 2 if pool == "prefork" else 8
     first = start_cli_worker(queue, concurrency, WORKER_POOL=pool)
     ids = _queue_emails(queue, 12, "kill group")
-    wait_until(lambda: _statuses(redis_client, ids).count("sending") >= 2, 30, "emails in flight")
+    wait_until(lambda: statuses(redis_client, ids).count("sending") >= 2, 30, "emails in flight")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(10)
 
@@ -142,7 +121,7 @@ def test_worker_killed_mid_batch_loses_nothing(
     first = start_cli_worker("bulk", 8, WORKER_POOL="threads")
     recipients = [{"to": f"member{i}@example.com", "context": {"name": f"M{i}"}} for i in range(40)]
     _, ids = queue_bulk({"template": "test_email", "subject": "Kill batch", "recipients": recipients})
-    wait_until(lambda: _statuses(redis_client, ids).count("sending") >= 5, 30, "batches in flight")
+    wait_until(lambda: statuses(redis_client, ids).count("sending") >= 5, 30, "batches in flight")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(10)
 
@@ -217,7 +196,7 @@ def test_redis_restart_loses_nothing(
         ids = out.stdout.split()
         assert len(ids) == 20
         worker = start_cli_worker(queue, **env)
-        wait_until(lambda: _statuses(client, ids).count("retrying") >= 2, 30, "retries scheduled")
+        wait_until(lambda: statuses(client, ids).count("retrying") >= 2, 30, "retries scheduled")
         waiting = client.llen(queue)
         client.shutdown()  # SHUTDOWN: fsync the append-only file, then exit
         assert server.process is not None
@@ -233,7 +212,7 @@ def test_redis_restart_loses_nothing(
         restarted = worker.poll() is not None
         if restarted:
             start_cli_worker(queue, **env)
-        _all_sent(client, ids, timeout=VISIBILITY * 3 + 20)
+        all_sent(client, ids, timeout=VISIBILITY * 3 + 20)
         assert smtp_server.handler.deliveries() == dict.fromkeys(ids, 1)
         print(
             f"\nRedis restart: {len(ids)} emails ({waiting} waiting at the restart), none lost, none twice"
@@ -260,7 +239,7 @@ def test_smtp_outage_longer_than_two_backoffs(settings_env: Any, redis_client: r
     server = SmtpServer(port)
     server.start()
     try:
-        _all_sent(redis_client, ids, timeout=30)
+        all_sent(redis_client, ids, timeout=30)
         assert server.handler.deliveries() == dict.fromkeys(ids, 1)
         for email_id in ids:
             record = wait_for_status(email_id, {"sent"})
@@ -311,7 +290,7 @@ def test_two_workers_compete_for_four_hundred_emails(
     start_cli_worker(queue)
     start_cli_worker(queue)
     ids = _queue_emails(queue, 400, "compete")
-    _all_sent(redis_client, ids, timeout=180)
+    all_sent(redis_client, ids, timeout=180)
     counts = smtp_server.handler.deliveries()
     assert len(counts) == 400 and set(counts.values()) == {1}
     with redis_client.pipeline(transaction=False) as pipe:

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from neoforge.processes import stop, wait_until
-from tests.conftest import wait_for_status
+from tests.conftest import statuses, wait_for_status
 from tests.smtp_server import SmtpServer
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
@@ -56,13 +56,6 @@ def start_cli_worker(cli_workers: Callable[..., subprocess.Popen[bytes]]) -> Sta
     return start
 
 
-def _statuses(client: redis.Redis, ids: list[str]) -> list[str]:
-    with client.pipeline(transaction=False) as pipe:
-        for email_id in ids:
-            pipe.hget(f"neoforge:email:{email_id}", "status")
-        return [str(s) for s in pipe.execute()]
-
-
 def _when(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
@@ -85,7 +78,7 @@ def test_transactional_mail_is_not_starved_by_a_slow_bulk_backlog(
 
     # Saturated: the worker has taken at least as many batch messages as it has threads.
     wait_until(lambda: int(redis_client.hlen("unacked")) >= 32, 30, "bulk batches in the worker's hands")
-    wait_until(lambda: "sending" in _statuses(redis_client, bulk_ids), 30, "bulk emails in flight")
+    wait_until(lambda: "sending" in statuses(redis_client, bulk_ids), 30, "bulk emails in flight")
 
     waits: list[float] = []
     for n in range(5):
@@ -97,9 +90,9 @@ def test_transactional_mail_is_not_starved_by_a_slow_bulk_backlog(
         waits.append(_when(record["timeline"][0]["started_at"]) - _when(record["created_at"]))
         # Bulk mail keeps to its share (at most half the 32 threads hold batches of 8) and is
         # still draining.
-        statuses = _statuses(redis_client, bulk_ids)
-        assert statuses.count("sending") <= 16 * 8
-        assert statuses.count("sent") < len(bulk_ids)
+        seen = statuses(redis_client, bulk_ids)
+        assert seen.count("sending") <= 16 * 8
+        assert seen.count("sent") < len(bulk_ids)
     print(f"\nfirst attempts, {BULK_BATCHES} slow batches queued: {[round(w, 2) for w in waits]} s")
     assert max(waits) < 1.0, waits
 
@@ -107,7 +100,7 @@ def test_transactional_mail_is_not_starved_by_a_slow_bulk_backlog(
     smtp_server.handler.rcpt_delays.clear()
 
     def bulk_done() -> bool:
-        return all(s == "sent" for s in _statuses(redis_client, bulk_ids))
+        return all(s == "sent" for s in statuses(redis_client, bulk_ids))
 
     wait_until(bulk_done, 60, "every bulk email sent", interval=0.2)
     counts = smtp_server.handler.deliveries()
@@ -136,7 +129,7 @@ def test_a_lost_email_is_recovered_behind_thousands_of_waiting_ones(
     ]
 
     def all_held() -> bool:
-        return set(_statuses(redis_client, retrying)) == {"retrying"} and (
+        return set(statuses(redis_client, retrying)) == {"retrying"} and (
             redis_client.zcard("neoforge:scheduled") == 600
         )
 
@@ -160,6 +153,6 @@ def test_a_lost_email_is_recovered_behind_thousands_of_waiting_ones(
     assert record["attempts"] == 1
     assert smtp_server.handler.deliveries() == {result.id: 1}
     # The waiting ones were left alone: not published again, not sent.
-    assert set(_statuses(redis_client, retrying)) == {"retrying"}
-    assert set(_statuses(redis_client, backlog)) == {"queued"}
+    assert set(statuses(redis_client, retrying)) == {"retrying"}
+    assert set(statuses(redis_client, backlog)) == {"queued"}
     assert redis_client.zcard("neoforge:scheduled") == 600

@@ -23,7 +23,7 @@ from kombu import Connection
 
 from neoforge.metrics import render
 from neoforge.processes import wait_until
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, all_sent
 from tests.smtp_server import SmtpServer
 
 # A short visibility timeout: a message Redis handed out but then refused to
@@ -95,27 +95,6 @@ def _queue(url: str, queue: str, count: int, subject: str) -> list[str]:
         ]  # fmt: skip
 
 
-def _statuses(client: redis.Redis, ids: list[str]) -> list[str]:
-    with client.pipeline(transaction=False) as pipe:
-        for email_id in ids:
-            pipe.hget(f"neoforge:email:{email_id}", "status")
-        return [str(s) for s in pipe.execute()]
-
-
-def _all_sent(client: redis.Redis, ids: list[str], timeout: float) -> None:
-    last: list[str] = []
-
-    def done() -> bool:
-        nonlocal last
-        last = _statuses(client, ids)
-        return all(s == "sent" for s in last)
-
-    try:
-        wait_until(done, timeout, "every email sent", interval=0.2)
-    except TimeoutError:
-        raise AssertionError({s: last.count(s) for s in set(last)}) from None
-
-
 def _log(tmp_path: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in tmp_path.glob("w*.log"))
 
@@ -142,7 +121,7 @@ def test_worker_survives_a_full_redis_and_resumes_by_itself(
     assert worker.poll() is None, _log(tmp_path)[-3000:]
     assert not smtp_server.handler.deliveries()
     full_client.config_set("maxmemory", 0)
-    _all_sent(full_client, ids, 30)
+    all_sent(full_client, ids, 30)
     _exactly_once(smtp_server, ids)
 
     # Full again while it is sending: it pauses, finishes what it holds, resumes by itself.
@@ -157,7 +136,7 @@ def test_worker_survives_a_full_redis_and_resumes_by_itself(
                10, "the worker paused")  # fmt: skip
     assert worker.poll() is None
     full_client.config_set("maxmemory", 0)
-    _all_sent(full_client, more, 30)
+    all_sent(full_client, more, 30)
     assert worker.poll() is None
     _exactly_once(smtp_server, ids + more)
 
@@ -205,7 +184,7 @@ def test_worker_survives_a_failing_disk_and_resumes_by_itself(
         assert worker.poll() is None, _log(tmp_path)[-3000:]
     finally:
         filler.unlink()
-    _all_sent(full_client, ids, 40)
+    all_sent(full_client, ids, 40)
     assert worker.poll() is None
     _exactly_once(smtp_server, ids)
 
@@ -244,7 +223,7 @@ def test_a_delivery_redis_would_not_record_is_never_a_dead_letter_nor_sent_again
         smtp_server.handler.data_hook = None
         for filler in fillers:
             filler.unlink()
-    _all_sent(full_client, ids, 40)
+    all_sent(full_client, ids, 40)
     assert not full_client.zcard("neoforge:failed")
     assert not any(current().store.requeue(email_id) for email_id in ids)
     _exactly_once(smtp_server, ids)
