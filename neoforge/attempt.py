@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from neoforge.endpoints import Endpoint
 from neoforge.errors import (
     DeliveryError,
     ErrorClass,
+    LeaseLost,
     PermanentDeliveryError,
     SetupError,
     TransientDeliveryError,
@@ -44,14 +44,14 @@ from neoforge.recording import (
     record_success,
     replies,
 )
+from neoforge.retry import budget, spread
 from neoforge.runtime import Runtime
-from neoforge.settings import Settings
 from neoforge.smtp.dialogue import Accepted, deliver
 from neoforge.store import event, iso
 from neoforge.store.ledger import take
 from neoforge.suppression import suppress_bounces
 
-__all__ = ["Attempting", "Job", "Outcome", "begin", "budget", "finish", "persist", "run", "run_many"]
+__all__ = ["Attempting", "Job", "Outcome", "begin", "finish", "persist", "run", "run_many"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class Outcome:
     - ``sent``: the server took it.
     - ``retry``: a transient failure, recorded; look again in ``delay`` seconds.
     - ``failed``: a dead letter now (``error`` says why).
-    - ``done``: nothing to do; ``status`` is the record's (sent before, scheduled, missing, ...).
+    - ``done``: nothing to do; ``status`` is the record's (sent before, scheduled, missing, ...),
+      or ``taken_over``: another sender took the email over, this attempt's writes were refused.
     - ``busy``: another sender holds its lease; look again in ``delay`` seconds.
     - ``unavailable``: Redis could not be reached (``cause``); nothing was sent: hand the message back.
     """
@@ -94,23 +95,17 @@ class Job(Attempting):
 
     async def send(self, runtime: Runtime, bulk: bool = False) -> Accepted:
         """Hand the message to the SMTP server (on the sender loop)."""
-        store, email_id, number = runtime.store, self.email_id, self.number
+        store, email_id, number, fence = runtime.store, self.email_id, self.number, self.fence
 
         async def mark_data() -> None:
             # A blocking Redis write, kept off the sender loop: it carries
-            # every dialogue of the process.
-            await asyncio.to_thread(store.mark_data_started, email_id, number)
+            # every dialogue of the process. Refused (LeaseLost) once another
+            # sender took the email over: then the dialogue ends before DATA.
+            await asyncio.to_thread(store.mark_data_started, email_id, number, fence)
 
         timeout = max(0.5, self.deadline - time.monotonic())
         pool, sender = runtime.sender.pools[self.endpoint.name], runtime.settings.smtp_from
         return await deliver(pool, sender, self.data, self.envelope.addresses, timeout, bulk, mark_data)
-
-
-def budget(settings: Settings) -> float:
-    """Seconds one attempt may take: well inside its lease (time limit + 5 s)."""
-    # Prefork's hard time limit is a backstop only, and the threads pool has none.
-    limit = settings.email_task_time_limit
-    return limit - min(10.0, limit / 4)
 
 
 def begin(
@@ -131,27 +126,32 @@ def begin(
         paused = runtime.breaker.wait_for()
         if paused > 0:
             # Sending is paused (a setup failure): wait, attempt nothing, count nothing.
-            return Outcome("busy", email_id, status="paused", delay=_spread(paused))
+            return Outcome("busy", email_id, status="paused", delay=spread(paused))
         route = endpoint if endpoint is not None else runtime.providers.choose()
         if not isinstance(route, Endpoint):
             # Every provider's circuit is open: wait for the first to end.
-            return Outcome("busy", email_id, status="paused", delay=_spread(route))
-        taken = take(store, email_id, worker, settings.email_task_time_limit + 5)
+            return Outcome("busy", email_id, status="paused", delay=spread(route))
+        runtime.heartbeat.ensure()
+        lease, heartbeat = settings.email_task_time_limit + 5, settings.email_heartbeat_timeout
+        taken = take(store, email_id, worker, lease, heartbeat)
         if taken.status == "unknown":
             # The last attempt's sender went away after DATA began.
             if settings.email_unknown_outcome == "dead_letter":
-                record_lost_in_data(store, email_id, taken.number, worker)
+                record_lost_in_data(store, email_id, taken.number, worker, taken.fence)
                 error = PermanentDeliveryError("outcome unknown: sender stopped after DATA began", None,
                                                ErrorClass.OUTCOME_UNKNOWN)  # fmt: skip
                 _tell(runtime, "failed", Attempting(email_id, taken.number, 0.0, "", worker), "failed", error)
                 return Outcome("failed", email_id, taken.number, "failed", error=error)
             text = f"outcome unknown: attempt {taken.number}'s sender stopped after DATA began; sent again"
-            store.retry_unknown(email_id, event("unknown", text, ErrorClass.OUTCOME_UNKNOWN, worker))
+            entry = event("unknown", text, ErrorClass.OUTCOME_UNKNOWN, worker)
+            store.retry_unknown(email_id, entry, taken.fence)
             log_event(logger, "email.outcome_unknown", logging.WARNING, id=email_id, attempt=taken.number,
                       policy="retry", worker=worker)  # fmt: skip
-            taken = take(store, email_id, worker, settings.email_task_time_limit + 5)
+            taken = take(store, email_id, worker, lease, heartbeat)
     except redis.RedisError as exc:
         return Outcome("unavailable", email_id, cause=exc)
+    except LeaseLost as exc:
+        return _fenced(exc, worker)
     if taken.status == "expired_now":
         log_event(logger, "email.expired", id=email_id, status="expired")
         announce(settings, "expired", email_id, status="expired")
@@ -167,7 +167,7 @@ def begin(
     log_event(logger, "email.sending", id=email_id, status="sending", attempt=taken.number, worker=worker)
     deadline = deadline if deadline is not None else time.monotonic() + budget(settings)
     attempting = Attempting(
-        email_id, taken.number, taken.created, taken.priority, worker, provider=route.name
+        email_id, taken.number, taken.created, taken.priority, worker, provider=route.name, fence=taken.fence
     )
     try:
         data, envelope = prepare(runtime, email_id, taken.payload, taken.todo, taken.outcomes)
@@ -184,10 +184,12 @@ def begin(
         wait = pace(runtime, attempting, route, envelope.addresses, paid)
     except redis.RedisError as exc:
         return Outcome("unavailable", email_id, cause=exc)
+    except LeaseLost as exc:
+        return _fenced(exc, worker, taken.number)
     if wait is not None:
-        return Outcome("busy", email_id, status="waiting", delay=_spread(wait, 0.5))
+        return Outcome("busy", email_id, status="waiting", delay=spread(wait, 0.5))
     return Job(email_id, taken.number, taken.created, taken.priority, worker, attempting.started,
-               attempting.t0, route.name, data=data, envelope=envelope, deadline=deadline,
+               attempting.t0, route.name, taken.fence, data=data, envelope=envelope, deadline=deadline,
                endpoint=route)  # fmt: skip
 
 
@@ -195,6 +197,9 @@ def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outc
     """Record how JOB's dialogue ended (the server's acceptance, or the exception it raised)."""
     store, settings = runtime.store, runtime.settings
     try:
+        if isinstance(result, LeaseLost):
+            # The DATA mark was refused: another sender took the email over; nothing was sent.
+            return _fenced(result, job.worker, job.number)
         if isinstance(result, Accepted):
             return _finish_accepted(runtime, job, result)
         if isinstance(result, DeliveryError) and (moved := divert(runtime, job, job.endpoint, result)):
@@ -205,8 +210,8 @@ def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outc
             entry = job.entry(
                 "paused", error=str(result), smtp_code=result.code, error_class=result.error_class
             )
-            persist(lambda: store.mark_paused(job.email_id, entry, next_at))
-            return Outcome("busy", job.email_id, job.number, "paused", delay=_spread(left), error=result)
+            persist(lambda: store.mark_paused(job.email_id, entry, next_at, job.fence))
+            return Outcome("busy", job.email_id, job.number, "paused", delay=spread(left), error=result)
         if isinstance(result, TransientDeliveryError):
             if job.number > settings.email_max_retries:
                 return _fail(runtime, job, result, reason="retries exhausted")
@@ -235,6 +240,8 @@ def finish(runtime: Runtime, job: Job, result: Accepted | BaseException) -> Outc
         return _failed(runtime, job, record_internal(store, job, result))
     except redis.RedisError as exc:
         return Outcome("unavailable", job.email_id, job.number, cause=exc)
+    except LeaseLost as exc:
+        return _fenced(exc, job.worker, job.number)
 
 
 def run(runtime: Runtime, email_id: str, worker: str) -> Outcome:
@@ -280,7 +287,7 @@ def run_many(
             continue
         if not isinstance(route, Endpoint) or number >= granted:
             delay = route if not isinstance(route, Endpoint) else wait
-            outcomes[email_id] = Outcome("busy", email_id, status="waiting", delay=_spread(delay, 0.5))
+            outcomes[email_id] = Outcome("busy", email_id, status="waiting", delay=spread(delay, 0.5))
             continue
         if deadline - time.monotonic() < budget_s / 2:
             outcomes[email_id] = Outcome("busy", email_id)
@@ -305,9 +312,11 @@ def run_many(
     return ordered
 
 
-def _spread(seconds: float, least: float = 0.5) -> float:
-    """SECONDS plus up to a tenth more (at least LEAST), so waiting emails do not all come back at once."""
-    return seconds + random.random() * max(least, seconds / 10)
+def _fenced(exc: LeaseLost, worker: str, number: int = 0) -> Outcome:
+    """Another sender took the email over: this attempt's write was refused, so it ends here."""
+    log_event(logger, "email.fenced", logging.WARNING, id=exc.email_id, attempt=number, write=exc.write,
+              worker=worker)  # fmt: skip
+    return Outcome("done", exc.email_id, number, "taken_over")
 
 
 def _finish_accepted(runtime: Runtime, job: Job, accepted: Accepted) -> Outcome:
@@ -372,7 +381,7 @@ def _suppressed(runtime: Runtime, job: Attempting, envelope: Envelope) -> Outcom
     if delivered != "none":
         record_success(runtime.store, job, "", fields, delivered, runtime.journal)
         return Outcome("sent", job.email_id, job.number, "sent")
-    persist(lambda: runtime.store.mark_suppressed(job.email_id, entry, job.priority, fields))
+    persist(lambda: runtime.store.mark_suppressed(job.email_id, entry, job.priority, fields, job.fence))
     log_event(logger, "email.suppressed", id=job.email_id, status="suppressed", worker=job.worker)
     _tell(runtime, "suppressed", job, "suppressed", envelope=envelope)
     return Outcome("done", job.email_id, job.number, "suppressed")

@@ -54,10 +54,15 @@ class Breaker:
 
     def current(self) -> Pause | None:
         """The pause in force (its end may have passed: then a probe may go), or None."""
-        found = self.client.hgetall(SMTP_PAUSED)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(SMTP_PAUSED)
+            pipe.time()
+            found, (seconds, micros) = pipe.execute()
         if not found or "until" not in found:
             return None
-        return Pause(float(found["until"]), str(found.get("error_class", "")), str(found.get("reason", "")))
+        # The end is Redis's time: as this host's clock reads it.
+        until = float(found["until"]) + time.time() - (seconds + micros / 1e6)
+        return Pause(until, str(found.get("error_class", "")), str(found.get("reason", "")))
 
     def wait_for(self) -> float:
         """0 if this email may contact the server now; else seconds to wait before looking again."""
@@ -81,21 +86,13 @@ class Breaker:
     def trip(self, error: SetupError) -> float:
         """Pause sending (or keep the pause going) after ERROR; return seconds until it ends."""
         s = self.settings
-        until = float(
-            self.scripts.pause(
-                keys=[SMTP_PAUSED, SMTP_PROBE, METRICS],
-                args=[
-                    time.time(),
-                    s.smtp_pause_seconds,
-                    s.smtp_pause_max_seconds,
-                    error.error_class,
-                    str(error)[:300],
-                ],
-            )
+        until, now = self.scripts.pause(
+            keys=[SMTP_PAUSED, SMTP_PROBE, METRICS],
+            args=["", s.smtp_pause_seconds, s.smtp_pause_max_seconds, error.error_class, str(error)[:300]],
         )
         with self._lock:
             self._clear_until = 0.0
-        left = max(0.0, until - time.time())
+        left = max(0.0, float(until) - float(now))
         log_event(logger, "smtp.paused", logging.ERROR, error_class=error.error_class, seconds=round(left, 1))
         return left
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -137,9 +137,17 @@ def iso_ts(epoch: float) -> str:
     return iso(datetime.fromtimestamp(epoch, UTC))
 
 
-def due_time(request: EmailRequest, delay: float | None = None) -> float | None:
-    """When REQUEST is due, if later than now: its ``send_at``, or DELAY seconds from now."""
-    now = time.time()
+def due_time(
+    request: EmailRequest, delay: float | None = None, clock: Callable[[], float] = time.time
+) -> float | None:
+    """When REQUEST is due, if later than now: its ``send_at``, or DELAY seconds from now.
+
+    CLOCK says what now is: the store's (Redis's time, which the scheduler reads), asked only
+    when there is a ``send_at`` or a DELAY.
+    """
+    if request.send_at is None and not (delay is not None and delay > 0):
+        return None
+    now = clock()
     if request.send_at is not None and request.send_at.timestamp() > now:
         return request.send_at.timestamp()
     if delay is not None and delay > 0:
@@ -196,7 +204,7 @@ def record_bulk(
         chunk = list(zip(ids[start : start + 500], requests[start : start + 500], strict=True))
         with store.client.pipeline(transaction=False) as pipe:
             for email_id, request in chunk:
-                due = due_time(request)
+                due = due_time(request, clock=store.clock)
                 fields = _fields(request, request.priority, due)
                 fields["batch"] = batch_id
                 store.create(email_id, request.model_dump_json(), fields, due=due,
@@ -265,7 +273,7 @@ def adopt(
             log_event(logger, "email.failed", logging.WARNING, id=email_id, status="failed",
                       error_class="invalid", worker=worker)  # fmt: skip
         return error
-    return record(store, request, email_id, queue, settings, due=due_time(request))
+    return record(store, request, email_id, queue, settings, due=due_time(request, clock=store.clock))
 
 
 def record_expired(store: StatusStore, email_id: str, queue: str, worker: str) -> bool:

@@ -8,6 +8,7 @@ The whole tree::
     ├── EmailNotFound            no email was ever queued under that id
     ├── QueueUnavailable         Redis (broker or status store) cannot be reached
     │   └── QueueFull            Redis answers but refuses writes: maxmemory reached, or persistence failing
+    ├── LeaseLost                another sender took the email over: this attempt may not send or record
     └── DeliveryError            the SMTP server did not take the message
         ├── TransientDeliveryError   worth retrying: 4xx, connection, timeout
         ├── PermanentDeliveryError   not worth retrying: 5xx, refused recipients, bad message
@@ -31,6 +32,7 @@ __all__ = [
     "ErrorClass",
     "FieldError",
     "InvalidEmail",
+    "LeaseLost",
     "NeoforgeError",
     "PermanentDeliveryError",
     "QueueFull",
@@ -110,6 +112,15 @@ class QueueUnavailable(NeoforgeError):
 
 class QueueFull(QueueUnavailable):
     """Raised when Redis answers but refuses writes (maxmemory, or its disk failing); nothing was queued."""
+
+
+class LeaseLost(NeoforgeError):
+    """Raised when an attempt's write is refused: its fence is stale, another sender took the email over."""
+
+    def __init__(self, email_id: str, write: str) -> None:
+        self.email_id = email_id
+        self.write = write
+        super().__init__(f"email {email_id}: lease taken over by another sender; {write} not written")
 
 
 class DeliveryError(NeoforgeError):

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +23,13 @@ from typing import Any
 
 import redis
 
+from neoforge.errors import LeaseLost
+from neoforge.logs import log_event
 from neoforge.store import StatusStore
 
 __all__ = ["Journal"]
+
+logger = logging.getLogger(__name__)
 
 
 class Journal:
@@ -80,8 +85,11 @@ class Journal:
                     continue
                 try:
                     store.mark_sent(entry["email_id"], entry["attempt"], entry["priority"], entry["latency"],
-                                    entry.get("extra"))  # fmt: skip
+                                    entry.get("extra"), str(entry.get("fence") or ""))  # fmt: skip
                     done += 1
+                except LeaseLost:
+                    # Another sender took the email over meanwhile (our DATA mark decided it): not ours.
+                    log_event(logger, "email.fenced", logging.WARNING, id=entry["email_id"], write="sent")
                 except redis.RedisError:
                     left.append(entry)
             temporary = path.with_suffix(".tmp")

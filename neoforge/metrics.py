@@ -44,8 +44,9 @@ _HEARTBEAT_TTL = 15.0
 
 
 def heartbeat(client: redis.Redis, hostname: str) -> None:
-    """Say that worker HOSTNAME is alive (called every scheduler tick)."""
-    client.zadd(WORKERS, {hostname: time.time()})
+    """Say that worker HOSTNAME is alive (called every scheduler tick), by Redis's clock."""
+    seconds, micros = client.time()
+    client.zadd(WORKERS, {hostname: seconds + micros / 1e6})
 
 
 class _Collector(Collector):
@@ -55,6 +56,7 @@ class _Collector(Collector):
     def collect(self) -> Iterator[Metric]:
         c = self.client
         now = time.time()
+        seconds, _ = c.time()  # heartbeats are Redis's time (the rest: ages, as this host sees them)
         with c.pipeline(transaction=False) as pipe:
             pipe.hgetall(METRICS)
             pipe.hgetall(LATENCY)
@@ -65,7 +67,7 @@ class _Collector(Collector):
             pipe.hvals(UNACKED)
             pipe.zcard(SCHEDULED)
             pipe.zcard(FAILED)
-            pipe.zcount(WORKERS, now - _HEARTBEAT_TTL, "+inf")
+            pipe.zcount(WORKERS, seconds - _HEARTBEAT_TTL, "+inf")
             pipe.hmget(SMTP_PAUSED, ["until", "error_class"])
             pipe.info("memory")
             pipe.info("persistence")
@@ -195,6 +197,12 @@ def _counters(values: dict[str, str]) -> Iterator[Metric]:
             "neoforge_webhook_deliveries",
             "Webhook POSTs: delivered, retried, or failed (gave up).",
             labels=["outcome"],
+        ),
+        "fenced": CounterMetricFamily(
+            "neoforge_lease_fenced",
+            "Writes refused because another sender took the email over (its lease's fence moved on): "
+            "data (the attempt did not send), sent, retrying, failed, ...",
+            labels=["write"],
         ),
         "paused": CounterMetricFamily(
             "neoforge_sending_pauses",

@@ -22,7 +22,6 @@ from neoforge.runtime import Runtime
 from neoforge.smtp.classify import too_much_mail
 from neoforge.smtp.dialogue import Accepted
 from neoforge.store import iso
-from neoforge.store.ledger import give_back
 
 __all__ = ["divert", "pace", "too_much_mail_refusal"]
 
@@ -37,13 +36,13 @@ def pace(
     PAID: ENDPOINT's token was taken already (a bulk batch takes its tokens
     at once); only the recipient domains' buckets are asked, if any. When a
     bucket is empty the lease and the attempt number are given back: waiting
-    is not an attempt. Raises redis.RedisError.
+    is not an attempt. Raises redis.RedisError, or LeaseLost when the email was taken over.
     """
     domains = runtime.pacer.limited(addresses)
     granted, wait = runtime.pacer.take(None if paid else endpoint, job.priority, domains)
     if granted:
         return None
-    give_back(runtime.store, job.email_id, job.number)
+    runtime.store.give_back(job.email_id, job.number, job.fence)
     log_event(logger, "email.paced", id=job.email_id, provider=endpoint.name, wait=round(wait, 3))
     return wait
 
@@ -67,7 +66,7 @@ def divert(
     # Spread, so the emails that met it together do not come back together.
     delay = seconds + random.random() * max(0.25, seconds / 10)
     next_at = iso(datetime.now(UTC) + timedelta(seconds=delay))
-    persist(lambda: runtime.store.mark_paused(job.email_id, entry, next_at))
+    persist(lambda: runtime.store.mark_paused(job.email_id, entry, next_at, job.fence))
     log_event(logger, f"email.{outcome}", logging.WARNING, id=job.email_id, attempt=job.number,
               provider=endpoint.name, error_class=error.error_class, retry_in=round(delay, 3))  # fmt: skip
     return outcome, delay

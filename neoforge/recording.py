@@ -52,6 +52,7 @@ class Attempting:
     started: str = field(default_factory=now_iso)
     t0: float = field(default_factory=time.monotonic)
     provider: str = ""  # the SMTP provider's name (never its credentials)
+    fence: str = ""  # the lease's fencing token: every write of this attempt checks it
 
     def entry(self, outcome: str, **extra: Any) -> Attempt:
         """This attempt's timeline entry."""
@@ -94,7 +95,7 @@ def record_failure(
 ) -> None:
     details = {"error": str(exc), "smtp_code": exc.code, "error_class": exc.error_class}
     entry = job.entry("failed", **details)
-    persist(lambda: store.mark_failed(job.email_id, entry, job.priority, fields))
+    persist(lambda: store.mark_failed(job.email_id, entry, job.priority, fields, job.fence))
     log_event(logger, "email.failed", logging.WARNING, id=job.email_id, status="failed", attempt=job.number,
               smtp_code=exc.code, error_class=exc.error_class, duration_ms=entry["duration_ms"],
               worker=job.worker, **extra)  # fmt: skip
@@ -104,15 +105,15 @@ def record_internal(store: StatusStore, job: Attempting, exc: BaseException) -> 
     # A defect of ours: dead-letter the email with the error type, so it can
     # be requeued once fixed.
     details = {"error": f"internal error: {type(exc).__name__}", "error_class": "internal"}
-    store.mark_failed(job.email_id, job.entry("failed", **details), job.priority)
+    store.mark_failed(job.email_id, job.entry("failed", **details), job.priority, fence=job.fence)
     return PermanentDeliveryError(f"internal error: {type(exc).__name__}", None, ErrorClass.INTERNAL)
 
 
-def record_lost_in_data(store: StatusStore, email_id: str, number: int, worker: str) -> None:
+def record_lost_in_data(store: StatusStore, email_id: str, number: int, worker: str, fence: str) -> None:
     # Its sender stopped (killed, or Redis gone right after the 250) once DATA
     # had begun: the server may have the message, so a person decides.
     error = f"outcome unknown: the sender of attempt {number} stopped after DATA began"
-    store.mark_failed(email_id, event("failed", error, "outcome_unknown", worker))
+    store.mark_failed(email_id, event("failed", error, "outcome_unknown", worker), fence=fence)
     log_event(logger, "email.failed", logging.WARNING, id=email_id, status="failed", attempt=number,
               error_class="outcome_unknown", worker=worker)  # fmt: skip
 
@@ -129,7 +130,7 @@ def record_retry(
     delay = retry_delay(job.number, settings.email_retry_backoff, settings.email_retry_backoff_max)
     next_at = iso(datetime.now(UTC) + timedelta(seconds=delay))
     entry = job.entry("retry", retry_in=round(delay, 3), **details)
-    persist(lambda: store.mark_retrying(job.email_id, entry, next_at, job.priority, extra))
+    persist(lambda: store.mark_retrying(job.email_id, entry, next_at, job.priority, extra, job.fence))
     log_event(logger, "email.retrying", id=job.email_id, status="retrying", attempt=job.number,
               smtp_code=exc.code, error_class=exc.error_class, duration_ms=entry["duration_ms"],
               retry_in=round(delay, 3), worker=job.worker)  # fmt: skip
@@ -149,11 +150,12 @@ def record_success(
     # disk failing, away), the acceptance goes to this host's journal and into
     # Redis once it takes writes again; never a dead letter, never sent twice.
     try:
-        persist(lambda: store.mark_sent(job.email_id, entry, job.priority, latency, fields), _RECORD_WAIT)
+        persist(lambda: store.mark_sent(job.email_id, entry, job.priority, latency, fields, job.fence),
+                _RECORD_WAIT)  # fmt: skip
     except redis.RedisError as exc:
         try:
             journal.add(email_id=job.email_id, attempt=entry, priority=job.priority, latency=latency,
-                        extra=fields)  # fmt: skip
+                        extra=fields, fence=job.fence)  # fmt: skip
             log_event(logger, "email.sent_journaled", logging.WARNING, id=job.email_id,
                       reason=type(exc).__name__)  # fmt: skip
         except OSError as failed:

@@ -30,7 +30,6 @@ emails and for their queue's oldest waiting message.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 import redis
@@ -47,12 +46,12 @@ logger = logging.getLogger(__name__)
 _CHUNK = 1000
 
 
-def _oldest_published(client: redis.Redis, queue: str) -> float:
-    """When the oldest message still waiting in QUEUE was published; now if the queue is empty."""
+def _oldest_published(client: redis.Redis, queue: str, now: float) -> float:
+    """When the oldest message still waiting in QUEUE was published; NOW if the queue is empty."""
     raw = client.lindex(queue, -1)
     ids = message_ids(raw) if raw else []
     if not ids:
-        return time.time()
+        return now
     # A batch message: its emails still pending were all published with it.
     scores = [float(s) for s in client.zmscore(PENDING, ids) if s is not None]
     return min(scores) if scores else 0.0
@@ -61,8 +60,9 @@ def _oldest_published(client: redis.Redis, queue: str) -> float:
 class _Sweep:
     """One walk over the pending index; what it learns about the broker is read once, when first needed."""
 
-    def __init__(self, store: StatusStore, publish: Callable[[str, str, str], None]) -> None:
+    def __init__(self, store: StatusStore, publish: Callable[[str, str, str], None], now: float) -> None:
         self.store = store
+        self.now = now
         self.client = store.client
         self.publish = publish
         self.in_hand: set[str] | None = None
@@ -79,7 +79,7 @@ class _Sweep:
                 continue
             queue = queue or "transactional"
             if queue not in self.oldest:
-                self.oldest[queue] = _oldest_published(client, queue)
+                self.oldest[queue] = _oldest_published(client, queue, self.now)
             if old[email_id] >= self.oldest[queue]:
                 continue  # still waiting its turn in the queue
             self.publish(email_id, queue, carried)
@@ -89,8 +89,10 @@ class _Sweep:
 
 def sweep_lost(store: StatusStore, grace: float, publish: Callable[[str, str, str], None]) -> int:
     """Publish again every email lost for longer than GRACE seconds; return how many."""
-    cutoff = time.time() - grace
-    sweep = _Sweep(store, publish)
+    # Publish times are Redis's (lua/create.lua, lua/published.lua): so is the age.
+    now = store.clock()
+    cutoff = now - grace
+    sweep = _Sweep(store, publish, now)
     cursor = 0
     while True:
         cursor, entries = store.client.zscan(PENDING, cursor, count=_CHUNK)

@@ -21,6 +21,7 @@ import redis
 
 from neoforge.breaker import Breaker
 from neoforge.capacity import Capacity
+from neoforge.heartbeat import Heartbeat
 from neoforge.journal import Journal
 from neoforge.pacing import Pacer
 from neoforge.providers import Providers
@@ -97,6 +98,8 @@ class Runtime:
         self.dkim_key = settings.dkim_key  # read once; checked with the settings
         self.capacity = Capacity(self.redis, settings.redis_url, settings.redis_memory_headroom)
         self.journal = Journal(settings.email_journal_dir, settings.redis_url)
+        # Started by the first lease this process takes (neoforge/attempt.py).
+        self.heartbeat = Heartbeat(self.redis, settings.email_heartbeat_timeout)
         # Bulk batches at once per process: enough to keep bulk mail's share of
         # the SMTP connections busy while some batches finish (twice what it
         # holds), never more than half the threads, so the others are always
@@ -130,6 +133,7 @@ class Runtime:
         """Stop the sender only: a thread may still hold this runtime and use its Redis client,
         whose connections close when the last reference goes (closing them now would cut a
         command in flight)."""
+        self.heartbeat.stop()
         with self._lock:
             sender, self._sender = self._sender, None
         if sender is not None:

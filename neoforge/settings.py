@@ -17,6 +17,7 @@ from neoforge.dkim import check_key
 from neoforge.endpoints import Endpoint, parse_urls
 from neoforge.errors import ConfigurationError, plain_message
 from neoforge.rates import Rate, parse_domain_limits, parse_rate
+from neoforge.settings_liveness import LivenessSettings
 
 __all__ = ["Settings", "get_settings"]
 
@@ -27,7 +28,7 @@ _CONSOLE_USER = re.compile(
 _DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
-class Settings(BaseSettings):
+class Settings(LivenessSettings, BaseSettings):
     """Every setting NeoForge Mail reads; the variable name is the field name in upper case."""
 
     # Errors never echo a value: SMTP_URLS and SMTP_PASSWORD hold secrets, and a traceback may be logged.
@@ -156,7 +157,6 @@ class Settings(BaseSettings):
     email_task_time_limit: int = Field(120, ge=1)
     email_idempotency_window: int = Field(24 * 3600, ge=1)
     email_max_schedule_days: int = Field(30, ge=1, le=365)
-    email_scheduler_interval: float = Field(1.0, gt=0, le=60)
 
     # Celery's pool for `celery -A tasks worker` (Celery ignores `--pool prefork`
     # on the command line once a pool is configured). Threads: each email

@@ -3,7 +3,8 @@
 # alert-rule tests, chromium for the Flower browser test (Playwright drives
 # /usr/bin/chromium; `playwright install` cannot download a browser here), and
 # postfix with Cyrus SASL (saslpasswd2, the PLAIN/LOGIN and sasldb plugins) for
-# tests/postfix.py, which runs a private instance from its own config folder.
+# tests/postfix.py, which runs a private instance from its own config folder,
+# and faketime (libfaketime) for the clock-skew test (tests/test_leases.py).
 # Installed only when missing; no daemon is left running, and the system's
 # postfix is never configured (no main.cf) nor started.
 set -euo pipefail
@@ -12,6 +13,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok instal
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 for package in postfix sasl2-bin libsasl2-modules libsasl2-modules-db; do
   installed "$package" || missing+=("$package")
 done

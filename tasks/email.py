@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -141,7 +140,7 @@ class EmailTask(Task):  # type: ignore[misc]
         queue = options.pop("queue", None) or request.priority
         email_id = str(options.pop("task_id", None) or uuid.uuid4())
         delay = _delay(options)
-        due = due_time(request, delay if delay > max_broker_delay(settings) else None)
+        due = due_time(request, delay if delay > max_broker_delay(settings) else None, store.clock)
         try:
             recorded, status = record(store, request, email_id, queue, settings, due=due,
                                       carried=_carried(options))  # fmt: skip
@@ -171,9 +170,10 @@ class EmailTask(Task):  # type: ignore[misc]
         delay = _delay(options)
         if delay > max_broker_delay(get_settings()):
             # Too long for the broker (see neoforge/scheduler.py): Redis holds it.
-            due = time.time() + delay
             try:
-                current().store.schedule(email_id, due, iso_ts(due), _carried(options))
+                store = current().store
+                due = store.clock() + delay  # Redis's clock, as the scheduler reads it
+                store.schedule(email_id, due, iso_ts(due), _carried(options))
             except redis.RedisError as exc:
                 raise unavailable(exc) from exc
             return self.AsyncResult(email_id)

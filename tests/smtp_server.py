@@ -1,8 +1,8 @@
 """A real SMTP server for the tests: aiosmtpd on a free port, recording and scriptable.
 
 It records each message (envelope and parsed content) and, on demand,
-answers DATA or RCPT with a 4xx/5xx reply, delays DATA, or drops the
-connection after DATA.
+answers DATA or RCPT with a 4xx/5xx reply, delays DATA, holds the first RCPT
+to an address until the test releases it, or drops the connection after DATA.
 """
 
 from __future__ import annotations
@@ -44,9 +44,16 @@ class RecordingHandler:
         self.drop_after_data = 0
         self.connections = 0
         self.data_hook: Callable[[], None] | None = None
+        # The first RCPT to an address waits until its event is set (``holding`` once it waits).
+        self.rcpt_holds: dict[str, threading.Event] = {}
+        self.holding: dict[str, threading.Event] = {}
 
     def reset(self) -> None:
         with self.lock:
+            for event in [*self.rcpt_holds.values(), *self.holding.values()]:
+                event.set()
+            self.rcpt_holds.clear()
+            self.holding.clear()
             self.messages.clear()
             self.data_replies.clear()
             self.rcpt_replies.clear()
@@ -68,6 +75,12 @@ class RecordingHandler:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
+        with self.lock:
+            hold = self.rcpt_holds.pop(address, None)
+            if hold is not None:
+                self.holding[address] = hold
+        if hold is not None:
+            await asyncio.get_running_loop().run_in_executor(None, hold.wait, 60)
         delay = self.rcpt_delays.get(address, self.rcpt_delay)
         if delay:
             await asyncio.sleep(delay)

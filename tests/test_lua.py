@@ -7,7 +7,17 @@ import json
 import pytest
 import redis
 
-from neoforge.store.keys import FAILED, METRICS, PENDING, SCHEDULED, email_key, lease_key, payload_key
+from neoforge.store.keys import (
+    ALIVE,
+    FAILED,
+    METRICS,
+    PENDING,
+    SCHEDULED,
+    attempts_key,
+    email_key,
+    lease_key,
+    payload_key,
+)
 from neoforge.store.scripts import NAMES, Scripts, source
 
 
@@ -51,7 +61,8 @@ def test_create_records_once_and_honours_idempotency(scripts: Scripts, redis_cli
 
 def _begin(scripts: Scripts, email_id: str, holder: str, break_lease: str = "") -> list[object]:
     keys = [email_key(email_id), payload_key(email_id), lease_key(email_id), PENDING, METRICS]
-    return list(scripts.begin(keys=keys, args=["now", "w1", holder, 10_000, 1000.0, break_lease, email_id]))
+    args = ["now", "w1", holder, 10_000, 10_000, break_lease, email_id, ALIVE]
+    return list(scripts.begin(keys=keys, args=args))
 
 
 def test_begin_leases_once_and_reports_the_holder(scripts: Scripts, redis_client: redis.Redis) -> None:
@@ -156,3 +167,73 @@ def test_unplaced_reports_the_unaccounted_and_drops_the_finished(
     found = scripts.unplaced(keys=keys, args=["sent failed expired cancelled", *ids])
     assert found == ["q", "queued", "bulk", '{"link": []}']
     assert sorted(redis_client.zrange(PENDING, 0, -1)) == ["h", "l", "q", "r"]
+
+
+def test_begin_takes_over_a_silent_holder_and_fences_it(scripts: Scripts, redis_client: redis.Redis) -> None:
+    _create(scripts, "a")
+    first = _begin(scripts, "a", "hostA|1|t1")
+    assert first[0] == "sending" and first[7] == 1 and first[8] == ""
+    assert redis_client.pttl(ALIVE + "hostA|1") > 0  # the take renews its own process's heartbeat
+    assert _begin(scripts, "a", "hostB|2|t2")[0] == "leased"
+    # hostA's process stops beating (stopped, cut off): any host takes the lease over at once.
+    redis_client.delete(ALIVE + "hostA|1")
+    second = _begin(scripts, "a", "hostB|2|t2")
+    assert second[0] == "sending" and second[7] == 2 and second[8] == "hostA|1|t1"
+    assert redis_client.get(lease_key("a")) == "hostB|2|t2"
+
+    def mark_data(fence: int) -> int:
+        return int(scripts.mark_data(keys=[email_key("a"), METRICS], args=[fence, 1]))
+
+    def settle(fence: int) -> int:
+        keys = [
+            email_key("a"),
+            attempts_key("a"),
+            payload_key("a"),
+            lease_key("a"),
+            PENDING,
+            FAILED,
+            METRICS,
+            "neoforge:minute:1",
+        ]
+        fields, counters = json.dumps({"status": "failed"}), '["failed|bulk|x"]'
+        args = ["a", fence, "failed", fields, "[]", 0, '{"x":1}', counters, "failed", 60, "dead", 60]
+        return int(scripts.settle(keys=keys, args=args))
+
+    # The first holder comes back: its DATA mark and its outcome are refused, and counted.
+    assert mark_data(1) == 0 and settle(1) == 0
+    assert redis_client.hget(METRICS, "fenced|data") == "1"
+    assert redis_client.hget(METRICS, "fenced|failed") == "1"
+    assert redis_client.hget(email_key("a"), "status") == "sending"
+    assert redis_client.get(lease_key("a")) == "hostB|2|t2" and not redis_client.exists(attempts_key("a"))
+    # The holder now writes.
+    assert mark_data(2) == 1 and redis_client.hget(email_key("a"), "data_attempt") == "1"
+    assert settle(2) == 1 and redis_client.hget(email_key("a"), "status") == "failed"
+    assert redis_client.zscore(FAILED, "a") is not None and not redis_client.exists(lease_key("a"))
+
+
+def test_sent_is_refused_to_a_stale_fence(scripts: Scripts, redis_client: redis.Redis) -> None:
+    _create(scripts, "a")
+    _begin(scripts, "a", "hostA|1|t1")
+    redis_client.delete(ALIVE + "hostA|1")
+    _begin(scripts, "a", "hostB|2|t2")
+
+    def sent(fence: str) -> int:
+        keys = [
+            email_key("a"),
+            attempts_key("a"),
+            payload_key("a"),
+            lease_key("a"),
+            PENDING,
+            FAILED,
+            METRICS,
+            "neoforge:metrics:latency",
+            "neoforge:metrics:send_duration",
+            "neoforge:minute:1",
+        ]
+        args = ["a", '{"status": "sent"}', "{}", "sent|bulk", "1", 0.1, "1", 0.1, 60, 60, "", fence]
+        return int(scripts.sent(keys=keys, args=args))
+
+    assert sent("1") == -1
+    assert redis_client.hget(METRICS, "fenced|sent") == "1"
+    assert redis_client.exists(payload_key("a")) and redis_client.get(lease_key("a")) == "hostB|2|t2"
+    assert sent("2") == 1 and redis_client.hget(email_key("a"), "status") == "sent"

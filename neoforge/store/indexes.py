@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
@@ -36,18 +35,19 @@ class Indexes:
             pipe.hset(email_key(email_id), mapping=cast(_Mapping, fields))
             pipe.execute()
 
+    def clock(self) -> float:
+        """Now by Redis's clock (epoch seconds): every host reads the same one, skewed or not."""
+        seconds, micros = self.client.time()
+        return float(seconds + micros / 1e6)
+
     def published(self, email_id: str) -> None:
-        """A message for the email was just published: it is pending from now."""
-        now = time.time()
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(email_key(email_id), "published_ts", repr(now))
-            pipe.zadd(PENDING, {email_id: now})
-            pipe.execute()
+        """A message for the email was just published: it is pending from now (Redis's clock)."""
+        self.scripts.published(keys=[PENDING, email_key(email_id)], args=["first", email_id])
 
     def republished(self, email_ids: Sequence[str]) -> None:
         """A message for these emails was published again: those still pending are pending from now."""
-        # XX: an email finished (or gone) meanwhile stays out of the index.
-        self.client.zadd(PENDING, dict.fromkeys(email_ids, time.time()), xx=True)
+        # Only those still pending: an email finished (or gone) meanwhile stays out of the index.
+        self.scripts.published(keys=[PENDING], args=["again", *email_ids])
 
     def unplaced(self, email_ids: Sequence[str], final: Iterable[str]) -> list[tuple[str, str, str, str]]:
         """Of EMAIL_IDS, those unfinished and neither scheduled nor leased: (id, status, queue, carried).

@@ -5,7 +5,9 @@ Keys (all under ``neoforge:``):
 - ``email:{id}``           hash: status, attempts, last error, timestamps, ...
 - ``email:{id}:payload``   the validated request as JSON (zlib + base64 if long), until sent
 - ``email:{id}:attempts``  list: one JSON entry per delivery attempt (and requeue)
-- ``email:{id}:lease``     who is sending it right now (expires on its own)
+- ``email:{id}:lease``     who is sending it right now (expires on its own); the record's
+                             ``fence`` field counts the takes, and every write of an attempt checks it
+- ``alive:{host}|{pid}``   a worker process's heartbeat (expires unless refreshed): its leases hold
 - ``failed``               sorted set: failed email ids by time of failure (dead letters)
 - ``scheduled``            sorted set: email ids by the time they are due in the broker
 - ``pending``              sorted set: published, unfinished email ids by when their latest message
@@ -36,6 +38,7 @@ from __future__ import annotations
 import hashlib
 
 __all__ = [
+    "ALIVE",
     "CONSOLE_SECRET",
     "FAILED",
     "LATENCY",
@@ -89,6 +92,7 @@ MINUTE_TTL = 7200  # per-minute counters outlive the console's one-hour chart
 SUPPRESSED = f"{PREFIX}suppressed"
 SUPPRESSED_EXPIRY = f"{PREFIX}suppressed:expiry"
 WEBHOOKS_FAILED = f"{PREFIX}webhooks:failed"
+ALIVE = f"{PREFIX}alive:"  # + a process's name: its heartbeat (lua/begin.lua builds the same names)
 
 
 def email_key(email_id: str) -> str:

@@ -1,22 +1,30 @@
 """The lease: who may send an email right now, and taking it over from a sender that died.
 
-A lease is a Redis key with an expiry holding ``host|pid|token``. The record's
+A lease is a Redis key with an expiry holding ``host|pid|token``. Its holder's
+process heartbeats in Redis (neoforge/heartbeat.py, key ``alive:host|pid``);
+once that heartbeat has lapsed, by Redis's clock, any host takes the lease
+over at once (lua/begin.lua), and on the holder's own host a dead PID says so
+sooner. Every take moves the email's fence on, and every later write of the
+attempt checks it (neoforge/store/fencing.py), so a holder that comes back
+(stopped, or cut off from Redis) can neither send nor record. The record's
 ``data_attempt`` mark (written right before DATA) is the other half of the
 ledger: an attempt interrupted after it is never sent again.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
 from dataclasses import dataclass
 
-from neoforge.store.encoding import now_iso
-from neoforge.store.keys import email_key, lease_key
+from neoforge.logs import log_event
 from neoforge.store.records import StatusStore
 
-__all__ = ["HOST", "Taken", "give_back", "holder_is_dead", "take"]
+__all__ = ["HOST", "Taken", "holder_is_dead", "process_name", "take"]
+
+logger = logging.getLogger(__name__)
 
 
 def _host() -> str:
@@ -32,6 +40,11 @@ def _host() -> str:
 HOST = _host()
 
 
+def process_name() -> str:
+    """This process's name in leases and heartbeats: ``host|pid``."""
+    return f"{HOST}|{os.getpid()}"
+
+
 @dataclass(frozen=True)
 class Taken:
     """What taking an email's lease found (see ``StatusStore.begin_attempt``)."""
@@ -43,6 +56,8 @@ class Taken:
     priority: str
     todo: str = ""
     outcomes: str = ""
+    fence: str = ""  # the attempt's fencing token: every later write of it checks it
+    taken_from: str = ""  # a silent holder whose lease was taken over, or ""
 
 
 def holder_is_dead(holder: str) -> bool:
@@ -65,21 +80,18 @@ def holder_is_dead(holder: str) -> bool:
         return False
 
 
-def take(store: StatusStore, email_id: str, worker: str, lease_seconds: float) -> Taken:
-    """Take EMAIL_ID's lease and mark it sending, breaking a dead holder's lease at once."""
-    lease = f"{HOST}|{os.getpid()}|{uuid.uuid4().hex}"
-    found = store.begin_attempt(email_id, worker, lease, lease_seconds)
+def take(
+    store: StatusStore, email_id: str, worker: str, lease_seconds: float, heartbeat_seconds: float
+) -> Taken:
+    """Take EMAIL_ID's lease and mark it sending, breaking a dead or silent holder's lease at once."""
+    lease = f"{process_name()}|{uuid.uuid4().hex}"
+    found = store.begin_attempt(email_id, worker, lease, lease_seconds, heartbeat_seconds)
     if found[0] == "leased" and found[1] is not None and holder_is_dead(found[1]):
         # Its sender was killed (a pool child, a worker process): take over at once.
-        found = store.begin_attempt(email_id, worker, lease, lease_seconds, found[1])
-    return Taken(*found)
-
-
-def give_back(store: StatusStore, email_id: str, number: int) -> None:
-    """Undo ``take`` before anything was sent (a rate limit said wait): the attempt does not count."""
-    with store.client.pipeline(transaction=True) as pipe:
-        pipe.hincrby(email_key(email_id), "attempts", -1)
-        pipe.hset(email_key(email_id), mapping={"status": "retrying" if number > 1 else "queued",
-                                                "updated_at": now_iso()})  # fmt: skip
-        pipe.delete(lease_key(email_id))
-        pipe.execute()
+        found = store.begin_attempt(email_id, worker, lease, lease_seconds, heartbeat_seconds, found[1])
+    taken = Taken(*found)
+    if taken.taken_from:
+        # Its holder stopped heartbeating (killed, stopped, cut off): its late writes are fenced.
+        log_event(logger, "email.lease_taken_over", logging.WARNING, id=email_id,
+                  holder=taken.taken_from.rpartition("|")[0], worker=worker)  # fmt: skip
+    return taken

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, cast
+from typing import Any
 
 import redis
 
+from neoforge.errors import LeaseLost
 from neoforge.store.encoding import (
     Attempt,
     as_json,
@@ -27,8 +28,10 @@ from neoforge.store.encoding import (
     per_minute,
     unpack_payload,
 )
+from neoforge.store.fencing import AttemptWrites
 from neoforge.store.indexes import Indexes
 from neoforge.store.keys import (
+    ALIVE,
     FAILED,
     LATENCY,
     METRICS,
@@ -63,7 +66,7 @@ TERMINAL = frozenset({"sent", "failed", "expired", "cancelled", "suppressed"})
 _Mapping = Any  # redis-py's stub wants an invariant key type that no plain dict has
 
 
-class StatusStore(Indexes):
+class StatusStore(Indexes, AttemptWrites):
     """Reads and writes email records; every write is one atomic Redis round trip."""
 
     def __init__(self, client: redis.Redis, status_ttl: int) -> None:
@@ -168,15 +171,17 @@ class StatusStore(Indexes):
             pipe.execute()
 
     def begin_attempt(
-        self, email_id: str, worker: str, lease: str, lease_seconds: float, break_lease: str = ""
-    ) -> tuple[str, str | None, int, float, str, str, str]:
-        """Take the email's lease and mark it sending.
+        self, email_id: str, worker: str, lease: str, lease_seconds: float, heartbeat_seconds: float,
+        break_lease: str = "",
+    ) -> tuple[str, str | None, int, float, str, str, str, str, str]:  # fmt: skip
+        """Take the email's lease and mark it sending (and renew this process's heartbeat).
 
         Returns (status, payload or lease holder, attempt number, creation time,
-        priority, recipients left (JSON, or ""), recipient outcomes so far (JSON, or "")).
+        priority, recipients left (JSON, or ""), recipient outcomes so far (JSON, or ""),
+        the attempt's fence, the silent holder whose lease was taken over (or "")).
 
         ``sending`` means deliver now (the payload is returned); ``expired_now``: this call expired it.
-        ``leased`` means another sender holds the lease: the holder and the lease's
+        ``leased`` means another live sender holds the lease: the holder and the lease's
         remaining milliseconds are returned. ``unknown`` means the previous
         attempt (its number is returned) got as far as DATA and its sender is
         gone: the caller holds the lease and must dead-letter the email.
@@ -185,76 +190,20 @@ class StatusStore(Indexes):
         """
         found = self.scripts.begin(
             keys=[email_key(email_id), payload_key(email_id), lease_key(email_id), PENDING, METRICS],
-            args=[now_iso(), worker, lease, int(lease_seconds * 1000), time.time(), break_lease, email_id],
-        )
+            args=[now_iso(), worker, lease, int(lease_seconds * 1000), int(heartbeat_seconds * 1000),
+                  break_lease, email_id, ALIVE],
+        )  # fmt: skip
         status, payload, number = found[0], found[1], found[2]
         if status == "expired" and len(found) > 3:
-            return "expired_now", None, 0, 0.0, "transactional", "", ""
+            return "expired_now", None, 0, 0.0, "transactional", "", "", "", ""
         created = float(found[3]) if len(found) > 3 and found[3] else 0.0
-        priority = str(found[4]) if len(found) > 4 else "transactional"
+        priority = str(found[4] or "transactional") if len(found) > 4 else "transactional"
         todo, outcomes = (str(found[5] or ""), str(found[6] or "")) if len(found) > 6 else ("", "")
+        fence, silent = (str(found[7]), str(found[8] or "")) if len(found) > 8 else ("", "")
         if status == "sending" and payload:
             payload = unpack_payload(str(payload))
-        return str(status), payload if payload else None, int(number), created, priority, todo, outcomes
-
-    def retry_unknown(self, email_id: str, entry: Attempt) -> None:
-        """Forget a gone sender's "DATA began" mark, to send again (EMAIL_UNKNOWN_OUTCOME=retry)."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hdel(email_key(email_id), "data_attempt")
-            pipe.rpush(attempts_key(email_id), as_json(entry))
-            pipe.delete(lease_key(email_id))
-            pipe.execute()
-
-    def mark_data_started(self, email_id: str, attempt: int) -> None:
-        """Attempt ATTEMPT is about to send DATA: if it is interrupted, never send the email again."""
-        self.client.hset(email_key(email_id), "data_attempt", attempt)
-
-    def mark_retrying(
-        self,
-        email_id: str,
-        attempt: Attempt,
-        next_attempt_at: str,
-        priority: str,
-        extra: dict[str, str] | None = None,
-    ) -> None:
-        """The attempt failed transiently (EXTRA: recipient outcomes, who is left); another is scheduled."""
-        with self.client.pipeline(transaction=True) as pipe:
-            if extra:
-                pipe.hset(email_key(email_id), mapping=cast(_Mapping, extra))
-            pipe.hincrby(METRICS, f"retried|{priority}|{attempt['error_class']}", 1)
-            per_minute(pipe, "retried")
-            pipe.rpush(attempts_key(email_id), as_json(attempt))
-            pipe.hset(
-                email_key(email_id),
-                mapping={
-                    "status": "retrying",
-                    "updated_at": attempt["finished_at"],
-                    "last_error": attempt["error"],
-                    "last_smtp_code": attempt.get("smtp_code") or "",
-                    "error_class": attempt["error_class"],
-                    "next_attempt_at": next_attempt_at,
-                },
-            )
-            pipe.delete(lease_key(email_id))
-            pipe.execute()
-
-    def mark_paused(self, email_id: str, attempt: Attempt, next_attempt_at: str) -> None:
-        """Sending is paused (a setup failure): the email waits; this attempt does not count."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.rpush(attempts_key(email_id), as_json(attempt))
-            pipe.hincrby(email_key(email_id), "attempts", -1)
-            pipe.hset(
-                email_key(email_id),
-                mapping={
-                    "status": "retrying",
-                    "updated_at": attempt["finished_at"],
-                    "last_error": attempt["error"],
-                    "error_class": attempt["error_class"],
-                    "next_attempt_at": next_attempt_at,
-                },
-            )
-            pipe.delete(lease_key(email_id))
-            pipe.execute()
+        return (str(status), payload if payload else None, int(number), created, priority, todo, outcomes,
+                fence, silent)  # fmt: skip
 
     def mark_sent(
         self,
@@ -263,10 +212,12 @@ class StatusStore(Indexes):
         priority: str,
         latency: float,
         extra: dict[str, str] | None = None,
+        fence: str = "",
     ) -> None:
         """The SMTP server accepted the message: record it (EXTRA: recipient outcomes), drop the content.
 
         Fits in a full Redis (it frees first: lua/sent.lua); a second call for the same email changes nothing.
+        Raises LeaseLost when FENCE is stale (another sender took the email over): nothing recorded.
         """
         fields: dict[str, str] = {
             "status": "sent",
@@ -277,72 +228,15 @@ class StatusStore(Indexes):
         }
         duration = attempt["duration_ms"] / 1000
         provider = f"provider_sent|{attempt['provider']}" if attempt.get("provider") else ""
-        self.scripts.sent(
+        done = self.scripts.sent(
             keys=[email_key(email_id), attempts_key(email_id), payload_key(email_id), lease_key(email_id),
                   PENDING, FAILED, METRICS, LATENCY, SEND_DURATION, minute_key(int(time.time() // 60))],
             args=[email_id, as_json(fields), as_json(attempt), f"sent|{priority}",
                   bucket(LATENCY_BUCKETS, latency), latency, bucket(DURATION_BUCKETS, duration), duration,
-                  self.status_ttl, MINUTE_TTL, provider],
+                  self.status_ttl, MINUTE_TTL, provider, fence],
         )  # fmt: skip
-
-    def mark_suppressed(self, email_id: str, attempt: Attempt, priority: str, extra: dict[str, str]) -> None:
-        """Every recipient left is on the suppression list: the email ends unsent, its content dropped."""
-        fields = {"status": "suppressed", "updated_at": attempt["finished_at"], "next_attempt_at": ""}
-        fields.update(extra)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(email_key(email_id), mapping=cast(_Mapping, fields))
-            pipe.hdel(email_key(email_id), "rcpt_todo")
-            pipe.hincrby(email_key(email_id), "attempts", -1)  # the server was never contacted
-            pipe.rpush(attempts_key(email_id), as_json(attempt))
-            pipe.delete(payload_key(email_id), lease_key(email_id))
-            pipe.zrem(PENDING, email_id)
-            pipe.hincrby(METRICS, f"suppressed|{priority}", 1)
-            pipe.expire(email_key(email_id), self.status_ttl)
-            pipe.expire(attempts_key(email_id), self.status_ttl)
-            pipe.execute()
-
-    def mark_failed(
-        self,
-        email_id: str,
-        attempt: Attempt,
-        priority: str | None = None,
-        extra: dict[str, str] | None = None,
-    ) -> None:
-        """Delivery gave up: keep the record and payload (no expiry) in the dead-letter index.
-
-        EXTRA: recipient outcomes and who is left, so a requeue sends only to them.
-        """
-        if priority is None:
-            priority = str(self.client.hget(email_key(email_id), "priority") or "transactional")
-        with self.client.pipeline(transaction=True) as pipe:
-            if extra:
-                pipe.hset(email_key(email_id), mapping=cast(_Mapping, extra))
-            pipe.hincrby(METRICS, f"failed|{priority}|{attempt.get('error_class') or 'unknown'}", 1)
-            per_minute(pipe, "failed")
-            pipe.rpush(attempts_key(email_id), as_json(attempt))
-            pipe.hset(
-                email_key(email_id),
-                mapping={
-                    "status": "failed",
-                    "updated_at": attempt["finished_at"],
-                    "failed_at": attempt["finished_at"],
-                    "last_error": attempt["error"],
-                    "last_smtp_code": attempt.get("smtp_code") or "",
-                    "error_class": attempt["error_class"],
-                    "next_attempt_at": "",
-                },
-            )
-            pipe.zadd(FAILED, {email_id: time.time()})
-            pipe.zrem(PENDING, email_id)
-            pipe.delete(lease_key(email_id))
-            pipe.execute()
-
-    def fail_if_sending(self, email_id: str, attempt: Attempt) -> bool:
-        """mark_failed, but only while the email is still sending (a late, parent-side verdict)."""
-        if self.client.hget(email_key(email_id), "status") != "sending":
-            return False
-        self.mark_failed(email_id, attempt)
-        return True
+        if int(done) < 0:
+            raise LeaseLost(email_id, "sent")
 
     def requeue(self, email_id: str) -> bool:
         """Turn a failed email back into a queued one (the caller publishes it).
@@ -383,6 +277,7 @@ class StatusStore(Indexes):
         result.pop("created_ts", None)
         result.pop("celery", None)
         result.pop("data_attempt", None)
+        result.pop("fence", None)
         result["attempts"] = int(record.get("attempts", 0))
         result["outcomes"] = in_order(str(record.get("outcomes") or ""))
         result.pop("rcpt_todo", None)

@@ -11,8 +11,8 @@ from redis.commands.core import Script
 __all__ = ["NAMES", "Scripts", "source"]
 
 NAMES = (
-    "begin", "charge", "circuit", "create", "finish_new", "pace", "pause", "purge", "release", "requeue",
-    "sent", "throttle", "unplaced",
+    "begin", "charge", "circuit", "create", "finish_new", "mark_data", "pace", "pause", "published", "purge",
+    "release", "requeue", "sent", "settle", "throttle", "unplaced",
 )  # fmt: skip
 
 
@@ -33,11 +33,14 @@ class Scripts:
         self.circuit: Script = client.register_script(source("circuit"))
         self.create: Script = client.register_script(source("create"))
         self.finish_new: Script = client.register_script(source("finish_new"))
+        self.mark_data: Script = client.register_script(source("mark_data"))
         self.pace: Script = client.register_script(source("pace"))
         self.pause: Script = client.register_script(source("pause"))
+        self.published: Script = client.register_script(source("published"))
         self.purge: Script = client.register_script(source("purge"))
         self.release: Script = client.register_script(source("release"))
         self.requeue: Script = client.register_script(source("requeue"))
         self.throttle: Script = client.register_script(source("throttle"))
         self.sent: Script = client.register_script(source("sent"))
+        self.settle: Script = client.register_script(source("settle"))
         self.unplaced: Script = client.register_script(source("unplaced"))
