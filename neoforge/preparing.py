@@ -36,7 +36,7 @@ def prepare(
     """
     settings = runtime.settings
     try:
-        request = EmailRequest.model_validate_json(payload)
+        request = EmailRequest.model_validate_json(payload, context={"stored": True})
         recipients, held = envelope(request.recipients(), settings)
         if not recipients:
             text = "no recipient in EMAIL_ALLOWED_DOMAINS"

@@ -181,10 +181,10 @@ def test_begin_takes_over_a_silent_holder_and_fences_it(scripts: Scripts, redis_
     assert second[0] == "sending" and second[7] == 2 and second[8] == "hostA|1|t1"
     assert redis_client.get(lease_key("a")) == "hostB|2|t2"
 
-    def mark_data(fence: int) -> int:
+    def mark_data(fence: str) -> int:
         return int(scripts.mark_data(keys=[email_key("a"), METRICS], args=[fence, 1]))
 
-    def settle(fence: int) -> int:
+    def settle(fence: str) -> int:
         keys = [
             email_key("a"),
             attempts_key("a"),
@@ -200,14 +200,18 @@ def test_begin_takes_over_a_silent_holder_and_fences_it(scripts: Scripts, redis_
         return int(scripts.settle(keys=keys, args=args))
 
     # The first holder comes back: its DATA mark and its outcome are refused, and counted.
-    assert mark_data(1) == 0 and settle(1) == 0
+    assert mark_data("1|hostA|1|t1") == 0 and settle("1|hostA|1|t1") == 0
     assert redis_client.hget(METRICS, "fenced|data") == "1"
     assert redis_client.hget(METRICS, "fenced|failed") == "1"
     assert redis_client.hget(email_key("a"), "status") == "sending"
     assert redis_client.get(lease_key("a")) == "hostB|2|t2" and not redis_client.exists(attempts_key("a"))
     # The holder now writes.
-    assert mark_data(2) == 1 and redis_client.hget(email_key("a"), "data_attempt") == "1"
-    assert settle(2) == 1 and redis_client.hget(email_key("a"), "status") == "failed"
+    # The same count from another holder (a failover lost writes, then another took it): refused.
+    assert mark_data("2|hostC|3|t3") == 0
+    assert mark_data("2|hostB|2|t2") == 1 and redis_client.hget(email_key("a"), "data_attempt") == "1"
+    # A count above the record's: Redis lost this attempt's own take, nobody took it since.
+    assert mark_data("3|hostB|2|t4") == 1
+    assert settle("2|hostB|2|t2") == 1 and redis_client.hget(email_key("a"), "status") == "failed"
     assert redis_client.zscore(FAILED, "a") is not None and not redis_client.exists(lease_key("a"))
 
 
@@ -233,7 +237,7 @@ def test_sent_is_refused_to_a_stale_fence(scripts: Scripts, redis_client: redis.
         args = ["a", '{"status": "sent"}', "{}", "sent|bulk", "1", 0.1, "1", 0.1, 60, 60, "", fence]
         return int(scripts.sent(keys=keys, args=args))
 
-    assert sent("1") == -1
+    assert sent("1|hostA|1|t1") == -1
     assert redis_client.hget(METRICS, "fenced|sent") == "1"
     assert redis_client.exists(payload_key("a")) and redis_client.get(lease_key("a")) == "hostB|2|t2"
-    assert sent("2") == 1 and redis_client.hget(email_key("a"), "status") == "sent"
+    assert sent("2|hostB|2|t2") == 1 and redis_client.hget(email_key("a"), "status") == "sent"

@@ -199,7 +199,8 @@ class StatusStore(Indexes, AttemptWrites):
         created = float(found[3]) if len(found) > 3 and found[3] else 0.0
         priority = str(found[4] or "transactional") if len(found) > 4 else "transactional"
         todo, outcomes = (str(found[5] or ""), str(found[6] or "")) if len(found) > 6 else ("", "")
-        fence, silent = (str(found[7]), str(found[8] or "")) if len(found) > 8 else ("", "")
+        # The attempt's fencing token: the take's count and its holder (lua/mark_data.lua says why both).
+        fence, silent = (f"{found[7]}|{lease}", str(found[8] or "")) if len(found) > 8 else ("", "")
         if status == "sending" and payload:
             payload = unpack_payload(str(payload))
         return (str(status), payload if payload else None, int(number), created, priority, todo, outcomes,
@@ -278,6 +279,7 @@ class StatusStore(Indexes, AttemptWrites):
         result.pop("celery", None)
         result.pop("data_attempt", None)
         result.pop("fence", None)
+        result.pop("fence_holder", None)
         result["attempts"] = int(record.get("attempts", 0))
         result["outcomes"] = in_order(str(record.get("outcomes") or ""))
         result.pop("rcpt_todo", None)

@@ -3,7 +3,7 @@
 -- email leased by another sender is reported with the lease holder, unless
 -- that holder's process has stopped heartbeating (ALIVE prefix + holder's
 -- "host|pid"): then its lease is taken over at once, from any host. Every take
--- adds one to the record's fence: the attempt carries it, and each of its
+-- adds one to the record's fence (and names the holder): the attempt carries both, and each of its
 -- later writes (lua/mark_data.lua, settle.lua, sent.lua) is refused once
 -- another take moved it on. Expiry is judged by Redis's clock, and only once
 -- the lease is ours, so a stray message cannot expire an email another
@@ -17,7 +17,7 @@
 -- ARGV[8] heartbeat key prefix (neoforge/store/keys.py ALIVE)
 -- Returns {status, payload or lease holder, attempt number[, created_ts, priority,
 --          recipients left (JSON) or '', recipient outcomes so far (JSON) or '',
---          fence, the silent holder taken over or '']};
+--          fence (the count), the silent holder taken over or '']};
 -- 'unknown' has the same length; an email this call expired: {'expired', false, 0, 'now'}.
 redis.replicate_commands()
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -39,6 +39,7 @@ if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then
 end
 redis.call('SET', ARGV[8] .. process(ARGV[3]), '1', 'PX', ARGV[5])
 local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('HSET', KEYS[1], 'fence_holder', ARGV[3])
 if status == 'sending' then
   local attempts = redis.call('HGET', KEYS[1], 'attempts')
   if redis.call('HGET', KEYS[1], 'data_attempt') == attempts then

@@ -14,12 +14,18 @@
 -- ARGV[4] counter field   ARGV[5] latency bucket    ARGV[6] latency (s)
 -- ARGV[7] duration bucket ARGV[8] duration (s)      ARGV[9] record TTL (s)
 -- ARGV[10] the minute counters' TTL (s)   ARGV[11] the provider's counter field, or ''
--- ARGV[12] the attempt's fence ('' for an acceptance journaled before fences existed)
+-- ARGV[12] the attempt's fence, "count|holder" ('' for an acceptance journaled before fences existed)
 -- Returns 1 if recorded, 0 if it was recorded already, -1 if refused: another
--- take moved the fence on (lua/begin.lua), so nothing is written but the count.
-if ARGV[12] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[12] then
-  redis.call('HINCRBY', KEYS[7], 'fenced|sent', 1)
-  return -1
+-- take moved the fence on (lua/begin.lua, and the check in lua/settle.lua), so
+-- nothing is written but the count.
+if ARGV[12] ~= '' then
+  local count, holder = string.match(ARGV[12], '^(%d+)|(.*)$')
+  local fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
+  if fence > tonumber(count)
+      or (fence == tonumber(count) and redis.call('HGET', KEYS[1], 'fence_holder') ~= holder) then
+    redis.call('HINCRBY', KEYS[7], 'fenced|sent', 1)
+    return -1
+  end
 end
 redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[5], ARGV[1])

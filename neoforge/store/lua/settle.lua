@@ -4,10 +4,14 @@
 -- cut off, past its heartbeat) writes nothing but the refusal's count. An
 -- empty fence is a write outside any attempt (an operator's, a parent
 -- process's late verdict): not checked.
+-- A fence is "count|holder". Stale when a later take moved it on: a higher count, or the same
+-- count taken by another holder (after a failover lost writes). A lower count means Redis lost
+-- this attempt's own take, and nobody took the email since: the attempt is still the latest.
 --
 -- KEYS[1] the record      KEYS[2] its timeline     KEYS[3] the payload    KEYS[4] the lease
 -- KEYS[5] pending index   KEYS[6] dead-letter index   KEYS[7] counters   KEYS[8] this minute's counters
--- ARGV[1] the email id    ARGV[2] the attempt's fence, or ''    ARGV[3] what is written (its label)
+-- ARGV[1] the email id    ARGV[2] the attempt's fence ("count|holder"), or ''
+-- ARGV[3] what is written (its label)
 -- ARGV[4] fields to set (JSON object)     ARGV[5] fields to delete (JSON array)
 -- ARGV[6] change to the attempt count     ARGV[7] timeline entry (JSON), or ''
 -- ARGV[8] counter fields to add one to (JSON array)
@@ -16,9 +20,14 @@
 --          pending index, content dropped, record expiring after ARGV[12] s) or ''
 -- Returns 1 if written, 0 if refused.
 redis.replicate_commands()
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then
-  redis.call('HINCRBY', KEYS[7], 'fenced|' .. ARGV[3], 1)
-  return 0
+if ARGV[2] ~= '' then
+  local count, holder = string.match(ARGV[2], '^(%d+)|(.*)$')
+  local fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
+  if fence > tonumber(count)
+      or (fence == tonumber(count) and redis.call('HGET', KEYS[1], 'fence_holder') ~= holder) then
+    redis.call('HINCRBY', KEYS[7], 'fenced|' .. ARGV[3], 1)
+    return 0
+  end
 end
 local fields = cjson.decode(ARGV[4])
 local flat = {}
