@@ -90,8 +90,8 @@ class Host:
 
     def command(self, argv: list[str]) -> list[str]:
         """ARGV run inside this host: its network namespace and a host name of its own."""
-        naming = 'hostname "$0" && exec "$@"'
-        return ["ip", "netns", "exec", self.namespace, "unshare", "--uts", "sh", "-c", naming, self.name, *argv]
+        naming = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.name]
+        return ["ip", "netns", "exec", self.namespace, *naming, *argv]
 
     def cut(self) -> None:
         """Unplug the host: its port on the switch goes down; its packets are lost, not refused."""

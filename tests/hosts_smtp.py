@@ -1,4 +1,4 @@
-"""The SMTP server host of the test bed (tests/hosts.py): ``python -m tests.hosts_smtp ADDRESS PORT LOG CONTROL``.
+"""The SMTP host of the test bed (tests/hosts.py): ``python -m tests.hosts_smtp ADDRESS PORT LOG CONTROL``.
 
 A RecordingHandler (tests/smtp_server.py) that appends one JSON line per accepted message to LOG
 (``{"id", "at", "peer"}``: the email id from its Message-ID, arrival time, client address), and

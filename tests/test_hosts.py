@@ -91,6 +91,14 @@ def test_worker_host_cut_off_mid_send_is_taken_over_and_never_resends(bed: Bed, 
     print(f"cut off mid-send: {len(taken_over)} of w1's emails taken over by w2; deliveries by host "
           f"{dict(peers)}; sent twice: {sum(n > 1 for n in counts.values())}")  # fmt: skip
     assert taken_over, "w1 was cut off holding none of the emails"
+    # The record says what happened: a healed sender's late word must not overwrite "sent".
+    records = {email_id: bed.record(email_id) for email_id in ids | after}
+    wrong = {i: r and r["status"] for i, r in records.items() if r is None or r["status"] != "sent"}
+    if wrong and set(wrong.values()) <= {"cancelled", "retrying"}:
+        # Known, fixed by fencing tokens (issue 14 point 3): today the healed host's late
+        # "retrying" lands after the other host's "sent" (sent once, recorded as not sent).
+        pytest.xfail(f"needs fencing tokens: {len(wrong)} emails sent once, recorded {set(wrong.values())}")
+    assert not wrong, wrong
     assert peers[other.address] >= len(taken_over)
 
 
@@ -143,7 +151,11 @@ def test_primary_host_lost_mid_run_loses_and_repeats_nothing(bed: Bed, run: str)
 
     sender = threading.Thread(target=clients, daemon=True)
     sender.start()
-    _until(bed, lambda: len(bed.deliveries({i for i, _ in acknowledged[:]})) >= emails // 4, 60, "a quarter delivered")
+
+    def quarter() -> bool:
+        return len(bed.deliveries({email_id for email_id, _ in acknowledged[:]})) >= emails // 4
+
+    _until(bed, quarter, 60, "a quarter delivered")
     old = bed.primary()
     bed.kill_redis(old)
     killed_at.append(time.monotonic())
