@@ -5,13 +5,16 @@
 # postfix with Cyrus SASL (saslpasswd2, the PLAIN/LOGIN and sasldb plugins) for
 # tests/postfix.py, which runs a private instance from its own config folder.
 # Installed only when missing; no daemon is left running, and the system's
-# postfix is never configured (no main.cf) nor started.
+# postfix is never configured (no main.cf) nor started. iproute2 (`ip netns`) and util-linux
+# (`unshare`) for the multi-host test bed of network namespaces (tests/hosts.py).
 set -euo pipefail
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 for package in postfix sasl2-bin libsasl2-modules libsasl2-modules-db; do
   installed "$package" || missing+=("$package")
 done
