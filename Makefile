@@ -17,7 +17,7 @@ COMPILE = $(LOCK_VENV)/bin/uv pip compile pyproject.toml requirements-build.in -
 	--python-platform linux --generate-hashes --custom-compile-command "make lock"
 
 .PHONY: install install-latest dev test test-latest lint typecheck pytest lock lock-upgrade \
-	bench bench-full clean
+	bench bench-full bench-hosts clean
 
 # The tested versions from the lock, then the project itself without touching them.
 $(STAMP): pyproject.toml requirements-build.in $(LOCK) $(DEV_LOCK)
@@ -77,6 +77,10 @@ bench: install  ## the benchmark, quick mode (a few minutes): table on stdout, J
 
 bench-full: install
 	$(PY) -m bench.run --full
+
+# Root only: hosts built from network namespaces (tests/hosts.py); a few minutes.
+bench-hosts: install  ## emails/s with 1, 2, 3 worker hosts; recovery from the Redis primary's loss
+	$(PY) -m bench.hosts
 
 clean:
 	rm -rf $(VENV) $(LATEST_VENV) $(LOCK_VENV) .dev .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -6,7 +6,8 @@
 # tests/postfix.py, which runs a private instance from its own config folder,
 # and faketime (libfaketime) for the clock-skew test (tests/test_leases.py).
 # Installed only when missing; no daemon is left running, and the system's
-# postfix is never configured (no main.cf) nor started.
+# postfix is never configured (no main.cf) nor started. iproute2 (`ip netns`) and util-linux
+# (`unshare`) for the multi-host test bed of network namespaces (tests/hosts.py).
 set -euo pipefail
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
@@ -14,6 +15,8 @@ missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 for package in postfix sasl2-bin libsasl2-modules libsasl2-modules-db; do
   installed "$package" || missing+=("$package")
 done

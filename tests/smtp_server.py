@@ -30,6 +30,11 @@ class Received:
     at: float
 
 
+def email_id_of(message: EmailMessage) -> str:
+    """The email id our Message-ID carries (``<...{id}@domain>``)."""
+    return str(message["Message-ID"]).strip("<>").split("@")[0].split(".")[-1]
+
+
 class RecordingHandler:
     """Keeps every accepted message; replies follow the script the test sets."""
 
@@ -119,7 +124,7 @@ class RecordingHandler:
         counts: dict[str, int] = {}
         with self.lock:
             for received in self.messages:
-                email_id = str(received.message["Message-ID"]).strip("<>").split("@")[0].split(".")[-1]
+                email_id = email_id_of(received.message)
                 counts[email_id] = counts.get(email_id, 0) + 1
         return counts
 
