@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
 
-from neoforge.store.keys import FAILED, METRICS, PENDING, SCHEDULED, email_key, lease_key, payload_key
+from neoforge.store import StatusStore
+from neoforge.store.keys import (
+    FAILED,
+    METRICS,
+    PENDING,
+    SCHEDULED,
+    email_key,
+    lease_key,
+    payload_key,
+    recipient_key,
+)
 from neoforge.store.scripts import NAMES, Scripts, source
 
 
@@ -17,10 +28,16 @@ def scripts(redis_client: redis.Redis) -> Scripts:
 
 
 def _create(
-    scripts: Scripts, email_id: str, *, idem: str = "", due: str = "", rcpt: tuple[str, ...] = ()
+    scripts: Scripts,
+    email_id: str,
+    *,
+    idem: str = "",
+    due: str = "",
+    rcpt: tuple[str, ...] = (),
+    life: int = 3600,
 ) -> list[str]:
     keys = [email_key(email_id), payload_key(email_id), idem, SCHEDULED, PENDING, METRICS, *rcpt]
-    args = [email_id, "{}", 60, due, 3600, "status", "scheduled" if due else "queued", "priority", "bulk"]
+    args = [email_id, "{}", 60, due, life, "status", "scheduled" if due else "queued", "priority", "bulk"]
     return [str(v) for v in scripts.create(keys=keys, args=args)]
 
 
@@ -36,7 +53,7 @@ def test_create_records_once_and_honours_idempotency(scripts: Scripts, redis_cli
     assert redis_client.hget(email_key("a"), "status") == "queued"
     assert redis_client.zscore(PENDING, "a") is not None
     assert redis_client.hget(METRICS, "queued|bulk") == "1"
-    assert redis_client.hexists("neoforge:rcpt:x", "a")
+    assert redis_client.zscore("neoforge:rcpt:x", "a") is not None
     # The same id again: nothing written, not counted twice.
     assert _create(scripts, "a") == ["a", "0"]
     assert redis_client.hget(METRICS, "queued|bulk") == "1"
@@ -47,6 +64,25 @@ def test_create_records_once_and_honours_idempotency(scripts: Scripts, redis_cli
     assert _create(scripts, "c", due="2000000000") == ["c", "1"]
     assert redis_client.zscore(SCHEDULED, "c") == 2000000000
     assert redis_client.zscore(PENDING, "c") is None
+
+
+def test_recipient_index_drops_entries_older_than_its_life(
+    scripts: Scripts, redis_client: redis.Redis
+) -> None:
+    """Someone who gets mail all the time: each write trims what is older than the index's life."""
+    store = StatusStore(redis_client, 60)
+    index = recipient_key("often@example.com")
+    _create(scripts, "first", rcpt=(index,), life=1)
+    deadline, number = time.monotonic() + 15, 0
+    while "first" in store.emails_to("often@example.com"):
+        assert time.monotonic() < deadline, "the oldest entry outlived the index's life"
+        number += 1
+        _create(scripts, f"later{number}", rcpt=(index,), life=1)
+        time.sleep(0.1)
+    # Trimmed, not expired as a whole: the last second's entries are all there.
+    found = store.emails_to("often@example.com")
+    assert len(found) >= 2 and f"later{number}" in found
+    assert 0 < redis_client.ttl(index) <= 1
 
 
 def _begin(scripts: Scripts, email_id: str, holder: str, break_lease: str = "") -> list[object]:
