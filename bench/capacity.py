@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +44,8 @@ class StateResult:
     emails: int
     bytes_per_email: float  # used_memory delta / N
     keys: dict[str, int] = field(default_factory=dict)  # MEMORY USAGE of one email's keys, by family
+    census: dict[str, float] = field(default_factory=dict)  # every key's MEMORY USAGE by pattern, / N
+    info: dict[str, float] = field(default_factory=dict)  # INFO memory fields' deltas, / N
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,12 +58,32 @@ class _Refuse:
         return "550 5.1.1 No such user here"
 
 
-def _used(stack: Stack) -> int:
+_INFO = ("used_memory", "used_memory_dataset", "used_memory_overhead", "mem_clients_normal", "mem_aof_buffer")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def _memory(stack: Stack) -> dict[str, int]:
     client = stack.redis()
     try:
-        return int(client.info("memory")["used_memory"])
+        info = client.info("memory")
+        return {name: int(info.get(name, 0)) for name in _INFO}
     finally:
         client.close()
+
+
+def _census(stack: Stack, count: int) -> dict[str, float]:
+    """MEMORY USAGE of every key, summed by pattern (ids and digests named), per email."""
+    client = stack.redis()
+    sizes: dict[str, int] = {}
+    try:
+        for key in client.scan_iter(count=1000):
+            pattern = _DIGEST.sub("{sha256}", _UUID.sub("{id}", str(key)))
+            sizes[pattern] = sizes.get(pattern, 0) + int(client.memory_usage(key, samples=0) or 0)
+    finally:
+        client.close()
+    ordered = sorted(sizes.items(), key=lambda item: -item[1])
+    return {pattern: round(size / count, 1) for pattern, size in ordered if size >= count}
 
 
 def _wait_for(stack: Stack, ids: list[str], status: str) -> None:
@@ -122,20 +145,23 @@ def measure(
             # address, as a refused one is suppressed.
             _wait_for(stack, _single(1, first=count), state.split()[0])
         time.sleep(_SETTLE)
-        before = _used(stack)
+        before = _memory(stack)
         ids = enqueue(count)
         _wait_for(stack, ids, state.split()[0])
         time.sleep(_SETTLE)
-        after = _used(stack)
+        after = _memory(stack)
         sample = ids[count // 2]
+        census = _census(stack, count)
     finally:
         stack.stop_workers(workers)
     address = "bulk{}@example.com" if state == "queued (bulk)" else "user{}@example.com"
     return StateResult(
         state=state,
         emails=count,
-        bytes_per_email=round((after - before) / count, 1),
+        bytes_per_email=round((after["used_memory"] - before["used_memory"]) / count, 1),
         keys=_keys(stack, sample, address.format(count // 2)),
+        census=census,
+        info={name: round((after[name] - before[name]) / count, 1) for name in _INFO},
     )
 
 
@@ -184,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ttl = get_settings().email_status_ttl
     print("\n".join(_table(results, ttl)))
+    print("\nEvery key's MEMORY USAGE by pattern, per email, and INFO memory deltas per email:")
+    for result in results:
+        keys = ", ".join(f"{pattern} {size:,.0f}" for pattern, size in list(result.census.items())[:8])
+        info = ", ".join(f"{name} {size:,.0f}" for name, size in result.info.items())
+        print(f"- {result.state}: {keys}; INFO: {info}")
     print(f"\nredis-server {server['redis_version']}, {args.emails} emails per state")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(

@@ -192,3 +192,31 @@ def test_unplaced_reports_the_unaccounted_and_drops_the_finished(
     found = scripts.unplaced(keys=keys, args=["sent failed expired cancelled", *ids])
     assert found == ["q", "queued", "bulk", '{"link": []}']
     assert sorted(redis_client.zrange(PENDING, 0, -1)) == ["h", "l", "q", "r"]
+
+
+def test_a_sent_record_takes_its_compact_form(scripts: Scripts, redis_client: redis.Redis) -> None:
+    """Once sent, the record keeps short values only (a compact hash in Redis) and reads back whole."""
+    store = StatusStore(redis_client, 60)
+    _create(scripts, "a")
+    redis_client.hset(email_key("a"), mapping={"id": "a", "worker": "w1@host", "published_ts": "1.5"})
+    reply = "2.0.0 Ok: queued as 4FgH7kLm2x"
+    outcomes = {
+        "t0": {"address": "u***@example.com", "outcome": "delivered", "code": 250, "message": reply},
+        "t1": {"address": "r***@example.org", "outcome": "rejected", "code": 550, "message": "5.1.1 unknown"},
+    }
+    entry = {"attempt": 1, "started_at": "s", "finished_at": "f", "duration_ms": 1.0, "worker": "w1@host",
+             "outcome": "sent", "smtp_reply": reply, "delivered": "some"}  # fmt: skip
+    extra = {"outcomes": json.dumps(outcomes), "delivered": "some"}
+    store.mark_sent("a", entry, "bulk", 0.5, extra)
+    assert redis_client.hget(email_key("a"), "outcomes") is not None
+    one = {"t0": outcomes["t0"]}
+    _create(scripts, "b")
+    store.mark_sent("b", entry | {"delivered": "all"}, "bulk", 0.5, {"outcomes": json.dumps(one)})
+    # Every value under hash-max-listpack-value (64 bytes): not a hash table.
+    assert redis_client.object("encoding", email_key("b")) in ("ziplist", "listpack")
+    assert not {"id", "worker", "published_ts"} & set(redis_client.hkeys(email_key("a")))
+    record = store.get("a")
+    assert record is not None and record["id"] == "a" and record["status"] == "sent"
+    assert record["outcomes"] == [outcomes["t0"], outcomes["t1"]]
+    found = store.get("b")
+    assert found is not None and found["outcomes"] == [outcomes["t0"]]
