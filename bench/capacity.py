@@ -6,7 +6,7 @@ N emails queued with ``send_email.delay()`` (and N recipients with
 processes to ``smtp-sink``; N dead-lettered by the same workers against an
 SMTP server that refuses every recipient with 550. The figure per state is
 Redis's ``used_memory`` after the N emails reached the state minus before they
-were queued (the workers already running and warm), divided by N; next to it,
+were queued (the workers warmed up first, and stopped at both readings), divided by N; next to it,
 ``MEMORY USAGE`` of one email's own keys, by key.
 """
 
@@ -140,20 +140,24 @@ def measure(
     workers = []
     try:
         if smtp_port is not None:
-            workers = stack.start_workers("ours", smtp_port)
-            # The workers are up and every key made once (metrics, heartbeats) exists; another
+            # Warm-up: every key made once (metrics, heartbeats) exists before. Another
             # address, as a refused one is suppressed.
+            workers = stack.start_workers("ours", smtp_port)
             _wait_for(stack, _single(1, first=count), state.split()[0])
+            stack.stop_workers(workers)
+        # Measured with no worker connected: their connections' buffers are not the emails'.
         time.sleep(_SETTLE)
         before = _memory(stack)
         ids = enqueue(count)
+        if smtp_port is not None:
+            workers = stack.start_workers("ours", smtp_port)
         _wait_for(stack, ids, state.split()[0])
-        time.sleep(_SETTLE)
-        after = _memory(stack)
-        sample = ids[count // 2]
-        census = _census(stack, count)
     finally:
         stack.stop_workers(workers)
+    time.sleep(_SETTLE)
+    after = _memory(stack)
+    sample = ids[count // 2]
+    census = _census(stack, count)
     address = "bulk{}@example.com" if state == "queued (bulk)" else "user{}@example.com"
     return StateResult(
         state=state,
