@@ -179,13 +179,19 @@ def _table(results: list[StateResult], ttl: int) -> list[str]:
         lines.append(f"| {result.state} | {result.bytes_per_email:,.0f} | {parts} |")
     sent = next(r.bytes_per_email for r in results if r.state == "sent")
     queued = next(r.bytes_per_email for r in results if r.state == "queued")
-    lines += ["", f"Sent emails kept EMAIL_STATUS_TTL={ttl} s ({ttl / 86400:g} days); maxmemory for them plus "
-              "a day's emails queued (an outage), with REDIS_MEMORY_HEADROOM's 10% kept free:", "",
-              "| emails a day | sent records kept | Redis for them | maxmemory |", "|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        f"Sent emails kept EMAIL_STATUS_TTL={ttl} s ({ttl / 86400:g} days); maxmemory for them plus "
+        "a day's emails queued (an outage), with REDIS_MEMORY_HEADROOM's 10% kept free:",
+        "",
+        "| emails a day | sent records kept | Redis for them | maxmemory |",
+        "|---|---|---|---|",
+    ]
     for per_day in (10_000, 100_000, 1_000_000):
         kept = per_day * ttl / 86400
         needed = (kept * sent + per_day * queued) / 0.9
-        lines.append(f"| {per_day:,} | {kept:,.0f} | {kept * sent / 2**20:,.0f} MiB | {needed / 2**20:,.0f} MiB |")
+        mib = kept * sent / 2**20
+        lines.append(f"| {per_day:,} | {kept:,.0f} | {mib:,.0f} MiB | {needed / 2**20:,.0f} MiB |")
     return lines
 
 
