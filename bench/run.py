@@ -25,6 +25,8 @@ from typing import Any
 
 from bench.api import ApiResult, post_emails
 from bench.bulk import BULK_CHUNK, LatencyResult, bulk_drain, latency_under_backlog
+from bench.bulkapi import probes_during_bulk
+from bench.bulkapi import rows as bulk_api_rows
 from bench.drain import DrainResult, drain
 from bench.profile import Profile
 from bench.report import Row, bottlenecks, cpu_cell, render_table, write_json
@@ -72,9 +74,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenarios",
-        default="a,b,c,g,d,e",
+        default="a,b,c,g,d,e,h",
         help="which of a (loopback; gives f too), b (slow server), c (bulk), g (bulk, slow server), "
-        "d (latency under bulk), e (API)",
+        "d (latency under bulk), e (API), h (API during a 10,000-recipient bulk call)",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the run's folder of process logs")
     parser.add_argument(
@@ -123,6 +125,8 @@ def _scenarios(
             system: post_emails(stack, system, sizes.api_requests, sizes.api_concurrency, sizes.api_warmup)
             for system in SYSTEMS
         }
+    if "h" in wanted:
+        results["h"] = {"ours": probes_during_bulk(stack)}
     return results
 
 
@@ -191,6 +195,8 @@ def _rows(results: dict[str, dict[str, Any]], sizes: Sizes) -> list[Row]:
         ]  # fmt: skip
     else:
         rows.append(Row("(e) POST /emails", note="not run (--scenarios)"))
+    if "h" in results:
+        rows += bulk_api_rows(results["h"]["ours"])
     if "a" in results:
         a: dict[str, DrainResult] = results["a"]
         n = sizes.loopback

@@ -204,6 +204,7 @@ def record_bulk(
         chunk = list(zip(ids[start : start + 500], requests[start : start + 500], strict=True))
         with store.client.pipeline(transaction=False) as pipe:
             for email_id, request in chunk:
+                time.sleep(0)  # the GIL to a waiting thread (the API's event loop): see bulk.yield_gil
                 due = due_time(request, clock=store.clock)
                 fields = _fields(request, request.priority, due)
                 fields["batch"] = batch_id

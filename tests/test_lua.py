@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
 
+from neoforge.store import StatusStore
 from neoforge.store.keys import (
     ALIVE,
     FAILED,
@@ -17,6 +19,7 @@ from neoforge.store.keys import (
     email_key,
     lease_key,
     payload_key,
+    recipient_key,
 )
 from neoforge.store.scripts import NAMES, Scripts, source
 
@@ -27,10 +30,16 @@ def scripts(redis_client: redis.Redis) -> Scripts:
 
 
 def _create(
-    scripts: Scripts, email_id: str, *, idem: str = "", due: str = "", rcpt: tuple[str, ...] = ()
+    scripts: Scripts,
+    email_id: str,
+    *,
+    idem: str = "",
+    due: str = "",
+    rcpt: tuple[str, ...] = (),
+    life: int = 3600,
 ) -> list[str]:
     keys = [email_key(email_id), payload_key(email_id), idem, SCHEDULED, PENDING, METRICS, *rcpt]
-    args = [email_id, "{}", 60, due, 3600, "status", "scheduled" if due else "queued", "priority", "bulk"]
+    args = [email_id, "{}", 60, due, life, "status", "scheduled" if due else "queued", "priority", "bulk"]
     return [str(v) for v in scripts.create(keys=keys, args=args)]
 
 
@@ -46,7 +55,7 @@ def test_create_records_once_and_honours_idempotency(scripts: Scripts, redis_cli
     assert redis_client.hget(email_key("a"), "status") == "queued"
     assert redis_client.zscore(PENDING, "a") is not None
     assert redis_client.hget(METRICS, "queued|bulk") == "1"
-    assert redis_client.hexists("neoforge:rcpt:x", "a")
+    assert redis_client.zscore("neoforge:rcpt:x", "a") is not None
     # The same id again: nothing written, not counted twice.
     assert _create(scripts, "a") == ["a", "0"]
     assert redis_client.hget(METRICS, "queued|bulk") == "1"
@@ -57,6 +66,25 @@ def test_create_records_once_and_honours_idempotency(scripts: Scripts, redis_cli
     assert _create(scripts, "c", due="2000000000") == ["c", "1"]
     assert redis_client.zscore(SCHEDULED, "c") == 2000000000
     assert redis_client.zscore(PENDING, "c") is None
+
+
+def test_recipient_index_drops_entries_older_than_its_life(
+    scripts: Scripts, redis_client: redis.Redis
+) -> None:
+    """Someone who gets mail all the time: each write trims what is older than the index's life."""
+    store = StatusStore(redis_client, 60)
+    index = recipient_key("often@example.com")
+    _create(scripts, "first", rcpt=(index,), life=1)
+    deadline, number = time.monotonic() + 15, 0
+    while "first" in store.emails_to("often@example.com"):
+        assert time.monotonic() < deadline, "the oldest entry outlived the index's life"
+        number += 1
+        _create(scripts, f"later{number}", rcpt=(index,), life=1)
+        time.sleep(0.1)
+    # Trimmed, not expired as a whole: the last second's entries are all there.
+    found = store.emails_to("often@example.com")
+    assert len(found) >= 2 and f"later{number}" in found
+    assert 0 < redis_client.ttl(index) <= 1
 
 
 def _begin(scripts: Scripts, email_id: str, holder: str, break_lease: str = "") -> list[object]:
@@ -241,3 +269,31 @@ def test_sent_is_refused_to_a_stale_fence(scripts: Scripts, redis_client: redis.
     assert redis_client.hget(METRICS, "fenced|sent") == "1"
     assert redis_client.exists(payload_key("a")) and redis_client.get(lease_key("a")) == "hostB|2|t2"
     assert sent("2|hostB|2|t2") == 1 and redis_client.hget(email_key("a"), "status") == "sent"
+
+
+def test_a_sent_record_takes_its_compact_form(scripts: Scripts, redis_client: redis.Redis) -> None:
+    """Once sent, the record keeps short values only (a compact hash in Redis) and reads back whole."""
+    store = StatusStore(redis_client, 60)
+    _create(scripts, "a")
+    redis_client.hset(email_key("a"), mapping={"id": "a", "worker": "w1@host", "published_ts": "1.5"})
+    reply = "2.0.0 Ok: queued as 4FgH7kLm2x"
+    outcomes = {
+        "t0": {"address": "u***@example.com", "outcome": "delivered", "code": 250, "message": reply},
+        "t1": {"address": "r***@example.org", "outcome": "rejected", "code": 550, "message": "5.1.1 unknown"},
+    }
+    entry = {"attempt": 1, "started_at": "s", "finished_at": "f", "duration_ms": 1.0, "worker": "w1@host",
+             "outcome": "sent", "smtp_reply": reply, "delivered": "some"}  # fmt: skip
+    extra = {"outcomes": json.dumps(outcomes), "delivered": "some"}
+    store.mark_sent("a", entry, "bulk", 0.5, extra)
+    assert redis_client.hget(email_key("a"), "outcomes") is not None
+    one = {"t0": outcomes["t0"]}
+    _create(scripts, "b")
+    store.mark_sent("b", entry | {"delivered": "all"}, "bulk", 0.5, {"outcomes": json.dumps(one)})
+    # Every value under hash-max-listpack-value (64 bytes): not a hash table.
+    assert redis_client.object("encoding", email_key("b")) in ("ziplist", "listpack")
+    assert not {"id", "worker", "published_ts"} & set(redis_client.hkeys(email_key("a")))
+    record = store.get("a")
+    assert record is not None and record["id"] == "a" and record["status"] == "sent"
+    assert record["outcomes"] == [outcomes["t0"], outcomes["t1"]]
+    found = store.get("b")
+    assert found is not None and found["outcomes"] == [outcomes["t0"]]

@@ -21,7 +21,7 @@ from neoforge.templates import render
 
 __all__ = ["Filters", "Preview", "batches", "by_recipient", "dead_letter_classes", "emails", "preview"]
 
-_FIELDS = ("id", "status", "priority", "error_class", "attempts", "recipients", "created_at",
+_FIELDS = ("status", "priority", "error_class", "attempts", "recipients", "created_at",
            "updated_at", "template", "batch", "last_error")  # fmt: skip
 _SCAN_BUDGET = 5000  # keys looked at per page when walking the keyspace
 # A sandboxed frame may still reload itself elsewhere: no refresh in a preview.
@@ -56,7 +56,12 @@ def _rows(client: redis.Redis, ids: list[str]) -> list[dict[str, str]]:
         for email_id in ids:
             pipe.hmget(email_key(email_id), list(_FIELDS))
         replies = pipe.execute()
-    return [dict(zip(_FIELDS, (v or "" for v in values), strict=True)) for values in replies if values[0]]
+    # A sent record does not repeat its id (the compact sent form): the key names it.
+    return [
+        {"id": email_id, **dict(zip(_FIELDS, (v or "" for v in values), strict=True))}
+        for email_id, values in zip(ids, replies, strict=True)
+        if values[0]
+    ]
 
 
 def _ids_at(client: redis.Redis, filters: Filters, offset: int, count: int) -> list[str]:

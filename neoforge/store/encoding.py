@@ -15,6 +15,7 @@ __all__ = [
     "Attempt",
     "as_json",
     "bucket",
+    "compact_outcomes",
     "event",
     "in_order",
     "iso",
@@ -90,7 +91,33 @@ def as_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def in_order(outcomes: str) -> list[dict[str, Any]]:
-    """Stored recipient outcomes (JSON keyed ``t<position>``, ``h<n>``): envelope order, then those held."""
-    found: dict[str, Any] = json.loads(outcomes) if outcomes else {}
+def in_order(outcomes: str, reply: str = "") -> list[dict[str, Any]]:
+    """Stored recipient outcomes in envelope order, then those held.
+
+    OUTCOMES is JSON keyed ``t<position>``, ``h<n>``, or a sent email's compact
+    list (``compact_outcomes``), whose bare addresses were delivered with REPLY.
+    """
+    found: Any = json.loads(outcomes) if outcomes else {}
+    if isinstance(found, list):
+        return [_DELIVERED | {"address": item, "message": reply} if isinstance(item, str) else item
+                for item in found]  # fmt: skip
     return [found[key] for key in sorted(found, key=lambda k: (k[0] != "t", int(k[1:])))]
+
+
+_DELIVERED = {"outcome": "delivered", "code": 250}
+
+
+def compact_outcomes(outcomes: str, reply: str) -> str:
+    """A sent email's OUTCOMES (JSON keyed by position) as kept until it expires: a list in order.
+
+    A recipient delivered with REPLY (the accepting attempt's) is only its masked
+    address: the common one-recipient record stays under Redis's 64-byte limit
+    for a compact hash value (hash-max-listpack-value), about 1.8 KB less per
+    sent email than a hash table. Nothing reads the positions once it is sent.
+    """
+    compact: list[Any] = []
+    for entry in in_order(outcomes):
+        address = entry.get("address")
+        plain = isinstance(address, str) and entry == _DELIVERED | {"address": address, "message": reply}
+        compact.append(address if plain else entry)
+    return as_json(compact)

@@ -8,7 +8,15 @@ from typing import Any, cast
 import redis
 
 from neoforge.store.encoding import now_iso
-from neoforge.store.keys import FAILED, PENDING, SCHEDULED, email_key, lease_key, recipient_key
+from neoforge.store.keys import (
+    FAILED,
+    PENDING,
+    SCHEDULED,
+    email_key,
+    lease_key,
+    legacy_recipient_key,
+    recipient_key,
+)
 from neoforge.store.scripts import Scripts
 
 __all__ = ["Indexes"]
@@ -79,8 +87,12 @@ class Indexes:
         return [(str(member), float(score)) for member, score in cast(list[tuple[str, float]], rows)]
 
     def emails_to(self, address: str) -> list[str]:
-        """Ids of the emails sent to ADDRESS (to, cc or bcc) that are still on record."""
-        return sorted(str(i) for i in self.client.hkeys(recipient_key(address)))
+        """Ids of the emails to ADDRESS (to, cc or bcc) created in the last EMAIL_STATUS_TTL + 31 days."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrange(recipient_key(address), 0, -1)
+            pipe.hkeys(legacy_recipient_key(address))
+            current, legacy = pipe.execute()
+        return sorted({str(i) for i in [*current, *legacy]})
 
     def forget_recipient(self, address: str) -> None:
-        self.client.delete(recipient_key(address))
+        self.client.delete(recipient_key(address), legacy_recipient_key(address))

@@ -13,7 +13,9 @@ Keys (all under ``neoforge:``):
 - ``pending``              sorted set: published, unfinished email ids by when their latest message
                              was published (a bulk batch waiting for a slot is published again)
 - ``idem:{sha256}``        the email id queued under an idempotency key
-- ``rcpt:{sha256}``        hash: ids of the emails to one address, as fields (for erasure)
+- ``to:{sha256}``          sorted set: ids of the emails to one address by creation time (for erasure),
+                             trimmed at each write to EMAIL_STATUS_TTL + 31 days
+- ``rcpt:{sha256}``        the same as a hash, written before that index: read and erased only
 - ``batch:{id}``, ``batch:{id}:emails``  a bulk send: its size, and its emails' ids in order
 - ``metrics``              hash: counters for Prometheus, shared by every process
 - ``metrics:latency``, ``metrics:send_duration``  hashes: histogram buckets
@@ -65,6 +67,7 @@ __all__ = [
     "email_key",
     "idempotency_key",
     "lease_key",
+    "legacy_recipient_key",
     "minute_key",
     "payload_key",
     "provider_bucket_key",
@@ -130,6 +133,11 @@ def address_digest(address: str) -> str:
 
 def recipient_key(address: str) -> str:
     # Hashed: the index lets us erase a person's emails without their address in a key name.
+    return f"{PREFIX}to:{address_digest(address)}"
+
+
+def legacy_recipient_key(address: str) -> str:
+    """The index of ADDRESS as a hash, before it was a trimmed sorted set: it expires on its own."""
     return f"{PREFIX}rcpt:{address_digest(address)}"
 
 

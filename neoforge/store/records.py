@@ -21,6 +21,7 @@ from neoforge.store.encoding import (
     Attempt,
     as_json,
     bucket,
+    compact_outcomes,
     event,
     in_order,
     now_iso,
@@ -217,16 +218,19 @@ class StatusStore(Indexes, AttemptWrites):
     ) -> None:
         """The SMTP server accepted the message: record it (EXTRA: recipient outcomes), drop the content.
 
-        Fits in a full Redis (it frees first: lua/sent.lua); a second call for the same email changes nothing.
+        The record shrinks to its compact sent form (lua/sent.lua drops what only an
+        unfinished email needs; the outcomes are ``compact_outcomes``). Fits in a full
+        Redis (it frees first); a second call for the same email changes nothing.
         Raises LeaseLost when FENCE is stale (another sender took the email over): nothing recorded.
         """
         fields: dict[str, str] = {
             "status": "sent",
             "updated_at": attempt["finished_at"],
             "sent_at": attempt["finished_at"],
-            "next_attempt_at": "",
             **(extra or {}),
         }
+        if fields.get("outcomes"):
+            fields["outcomes"] = compact_outcomes(fields["outcomes"], str(attempt.get("smtp_reply") or ""))
         duration = attempt["duration_ms"] / 1000
         provider = f"provider_sent|{attempt['provider']}" if attempt.get("provider") else ""
         done = self.scripts.sent(
@@ -273,6 +277,7 @@ class StatusStore(Indexes, AttemptWrites):
         if not record:
             return None
         result: dict[str, Any] = dict(record)
+        result["id"] = email_id  # a sent record does not repeat its id
         result.pop("expires_ts", None)
         result.pop("published_ts", None)
         result.pop("created_ts", None)
@@ -281,7 +286,9 @@ class StatusStore(Indexes, AttemptWrites):
         result.pop("fence", None)
         result.pop("fence_holder", None)
         result["attempts"] = int(record.get("attempts", 0))
-        result["outcomes"] = in_order(str(record.get("outcomes") or ""))
         result.pop("rcpt_todo", None)
         result["timeline"] = [json.loads(item) for item in attempts]
+        sent = [entry for entry in result["timeline"] if entry.get("outcome") == "sent"]
+        reply = str(sent[-1].get("smtp_reply") or "") if sent else ""
+        result["outcomes"] = in_order(str(record.get("outcomes") or ""), reply)
         return result

@@ -32,6 +32,11 @@ redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 if redis.call('HGET', KEYS[1], 'status') == 'sent' then return 0 end
 redis.call('HDEL', KEYS[1], 'last_error', 'last_smtp_code', 'error_class', 'failed_at', 'rcpt_todo')
+-- The compact sent form: what only an unfinished email needs goes (the key names the id; the
+-- timeline names the worker), so the record is a few hundred bytes for EMAIL_STATUS_TTL.
+redis.call('HDEL', KEYS[1], 'id', 'worker', 'published_ts', 'next_attempt_at', 'celery', 'expires_ts',
+                   'fence', 'fence_holder')
+if redis.call('HGET', KEYS[1], 'template') == '' then redis.call('HDEL', KEYS[1], 'template') end
 local fields = cjson.decode(ARGV[2])
 local flat = {}
 for name, value in pairs(fields) do
