@@ -4,8 +4,8 @@ At most half a worker process's threads run batches (``Runtime.batch_gate``);
 their dialogues wait for bulk mail's share of the SMTP connections on the
 sender loop. A batch that finds the gate full waits for it a quarter of a
 second at most, then is published again with a 1-2 s countdown (the same ids
-and task id) and its message acknowledged. Celery keeps a countdown message in the consumer's timer, not in a pool
-thread, and raises the prefetch window by one for it
+and task id) and its message acknowledged. Celery keeps a countdown message in
+the consumer's timer, not in a pool thread, and raises the prefetch window by one for it
 (celery/worker/strategy.py: ``qos.increment_eventually`` before ``call_at``),
 so the threads and the prefetch window stay free for transactional mail
 however large the bulk backlog. The message published again carries the same
