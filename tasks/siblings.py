@@ -31,7 +31,7 @@ from typing import Any
 from celery.apps.worker import Worker
 from celery.concurrency import get_implementation
 from celery.concurrency.thread import TaskPool
-from celery.signals import worker_init, worker_shutdown, worker_shutting_down
+from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 from celery.utils.nodenames import nodename, nodesplit
 
 from neoforge.logs import log_event
@@ -84,8 +84,13 @@ def _start_siblings(sender: Any = None, **_: Any) -> None:
                 preexec_fn=set_parent_death_signal,  # prctl only
             )
         )
+
+
+def _say_so(**_: Any) -> None:
+    # Logged once the worker's logging is set up (after worker_init).
     if _siblings:
-        log_event(logger, "worker.siblings", processes=count, pids=",".join(str(p.pid) for p in _siblings))
+        pids = ",".join(str(process.pid) for process in _siblings)
+        log_event(logger, "worker.siblings", processes=len(_siblings) + 1, pids=pids)
 
 
 def _pass_on(how: str = "Warm", **_: Any) -> None:
@@ -117,5 +122,6 @@ def _wait_for_siblings(**_: Any) -> None:
 def connect() -> None:
     """Connect the handlers; after tasks/app.py's, so a worker that cannot reach Redis starts none."""
     worker_init.connect(_start_siblings)
+    worker_ready.connect(_say_so)
     worker_shutting_down.connect(_pass_on)
     worker_shutdown.connect(_wait_for_siblings)
