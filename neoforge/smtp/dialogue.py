@@ -218,8 +218,8 @@ async def _pipelined(
             raise
     state.in_data = True
     with Pipeline(smtp) as pipe:
-        pipe.write(message_data(data))
         try:
+            pipe.write(message_data(data))
             reply = await pipe.reply()
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
             raise _DataPhaseLost(exc) from exc
