@@ -51,13 +51,16 @@ def queue_bulk_recipients(count: int) -> list[str]:
 
 
 def bulk_drain(
-    stack: Stack, count: int, delay: float | None = None, profile: Path | None = None
-) -> DrainResult:
+    stack: Stack, count: int, delay: float | None = None, profile: Path | None = None,
+    limit_connections: int = 0,
+) -> DrainResult:  # fmt: skip
     """(c) and (g) for ours: COUNT recipients queued with ``queue_bulk``, drained by the default workers.
 
-    With DELAY, through the slow proxy; with PROFILE, recorded by py-spy (see ``drain``).
+    With DELAY, through the slow proxy; with PROFILE, recorded by py-spy; with
+    LIMIT_CONNECTIONS, the server's own limit measured first (see ``drain``).
     """
-    return drain(stack, "ours", count, delay, enqueue=queue_bulk_recipients, profile=profile)
+    return drain(stack, "ours", count, delay, enqueue=queue_bulk_recipients, profile=profile,
+                 limit_connections=limit_connections)  # fmt: skip
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 from bench.cpu import CpuSample
 from bench.emails import email
 from bench.profile import PySpy
+from bench.sinklimit import measure
 from bench.stack import Stack, System
 
 __all__ = ["DrainResult", "drain"]
@@ -44,6 +45,7 @@ class DrainResult:
     extra_deliveries: int  # deliveries past N once the worker stopped: duplicates
     cpu: dict[str, float] = field(default_factory=dict)
     profile: dict[str, Any] | None = None  # py-spy summary of our first worker (--profile)
+    sink_limit: dict[str, Any] | None = None  # bench/sinklimit.py's run against this drain's server
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for the JSON report."""
@@ -75,6 +77,7 @@ def drain(
     delay: float | None = None,
     enqueue: Callable[[int], None] | None = None,
     profile: Path | None = None,
+    limit_connections: int = 0,
 ) -> DrainResult:
     """Queue COUNT emails, start SYSTEM's worker, and time it until the sink has them all.
 
@@ -82,7 +85,8 @@ def drain(
     every reply comes DELAY seconds late. ENQUEUE(count), if given, queues the
     emails instead of one ``.delay()`` each (the bulk scenario). With PROFILE
     (a file for py-spy's raw samples), our first worker is recorded for a few
-    seconds from its first delivery.
+    seconds from its first delivery. With LIMIT_CONNECTIONS, the server's own
+    limit over that many reused connections is measured first (bench/sinklimit.py).
     """
     stack.flush()
     sink = stack.start_sink()
@@ -92,7 +96,15 @@ def drain(
     if delay is not None:
         proxy, smtp_port = stack.start_proxy(sink.port, delay)
         proxy_pid = groups["proxy"] = proxy.pid
+    limit = None
     try:
+        if limit_connections:
+            limit = measure(smtp_port, limit_connections).as_dict()
+        base = sink.count()  # the limit run's messages
+
+        def delivered() -> int:
+            return sink.count() - base
+
         time.sleep(_SETTLE)
         memory_before = _memory(stack)
         started = time.perf_counter()
@@ -114,7 +126,7 @@ def drain(
             if profile is not None and system == "ours":
                 recording.append(PySpy(workers[0].pid, _PROFILE_SECONDS, profile))
 
-        first, last = _wait_for(sink.count, count, t0, on_first=record)
+        first, last = _wait_for(delivered, count, t0, on_first=record)
         # The baseline's main process consumes and dispatches; its pool processes send.
         after = CpuSample.take(groups, {"worker:main": workers[0].pid} if system != "ours" else {})
         # (py-spy's few seconds may outlast the drain: the worker idles, few samples.)
@@ -122,7 +134,7 @@ def drain(
         stack.stop_workers(workers)
         # A message delivered twice would show up as one more at the sink.
         time.sleep(0.5)
-        extra = sink.count() - count
+        extra = delivered() - count
     finally:
         if proxy_pid is not None:
             stack.stop(proxy_pid)
@@ -142,6 +154,7 @@ def drain(
         extra_deliveries=extra,
         cpu=after.since(before) | {"wall": round(seconds, 2)},
         profile=summary,
+        sink_limit=limit,
     )
 
 

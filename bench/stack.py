@@ -163,14 +163,13 @@ class Stack:
         return process, port
 
     def start_workers(self, system: System, smtp_port: int) -> list[subprocess.Popen[bytes]]:
-        """SYSTEM's workers, one process per CPU either way.
+        """SYSTEM's workers, started the way each system's documentation tells users to.
 
-        Ours: one ``celery -A tasks worker`` (default settings: threads pool)
-        per CPU, as the README's deployment advice says. The baseline: one
-        prefork worker with a pool process per CPU.
+        Ours: one ``celery -A tasks worker``, the README's command as typed (it
+        starts its own processes, one per CPU). The baseline: Celery's default
+        ``celery -A bench.baseline worker`` (prefork, a pool process per CPU).
         """
-        count = (os.cpu_count() or 1) if system == "ours" else 1
-        return [self.start_worker(system, smtp_port) for _ in range(count)]
+        return [self.start_worker(system, smtp_port)]
 
     def worker_groups(self, workers: list[subprocess.Popen[bytes]]) -> dict[str, int]:
         """CPU accounting names for WORKERS: ``worker``, ``worker2``, ..."""
@@ -185,19 +184,9 @@ class Stack:
             self.stop_worker(process)
 
     def start_worker(self, system: System, smtp_port: int) -> subprocess.Popen[bytes]:
-        """One ``celery -A tasks worker`` (ours, default settings) or the baseline's prefork worker."""
-        if system == "ours":
-            args = ["-A", "tasks", "worker"]
-        else:
-            args = [
-                "-A",
-                "bench.baseline",
-                "worker",
-                "--pool",
-                "prefork",
-                "--concurrency",
-                str(os.cpu_count() or 1),
-            ]
+        """``celery -A tasks worker`` (ours) or ``celery -A bench.baseline worker``, default settings."""
+        app = "tasks" if system == "ours" else "bench.baseline"
+        args = ["-A", app, "worker"]
         command = [sys.executable, "-m", "celery", *args, "--hostname", f"{system}-{time.time_ns()}@bench"]
         return self._start(command, f"worker-{system}.log", self.env(system, smtp_port))
 

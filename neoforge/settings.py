@@ -158,12 +158,12 @@ class Settings(LivenessSettings, BaseSettings):
     email_idempotency_window: int = Field(24 * 3600, ge=1)
     email_max_schedule_days: int = Field(30, ge=1, le=365)
 
-    # Celery's pool for `celery -A tasks worker` (Celery ignores `--pool prefork`
-    # on the command line once a pool is configured). Threads: each email
-    # mostly waits on its SMTP server, so one process keeps many in flight.
+    # Celery's pool for `celery -A tasks worker` (it ignores `--pool prefork` once one is configured).
+    # Threads: each email mostly waits on its SMTP server, so one process keeps many in flight.
     worker_pool: Literal["threads", "prefork", "solo"] = "threads"
-    # Tasks at once per worker process: threads (default 32), or pool
-    # processes for prefork (default: one per CPU).
+    # Threads pool: processes one `celery -A tasks worker` runs (default one per CPU; tasks/siblings.py).
+    worker_processes: int | None = Field(None, ge=1, le=256)
+    # Tasks at once per worker process: threads (default 32), or prefork pool processes (one per CPU).
     worker_concurrency: int | None = Field(None, ge=1, le=1000)
     # Bulk emails per broker message (one task sends them side by side).
     email_bulk_batch_size: int = Field(20, ge=1, le=500)

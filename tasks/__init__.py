@@ -6,6 +6,7 @@ hides arguments (``request``), the result backend (``results``), the
 scheduler bootstep (``scheduling``) and the consumer's storage gate (``storage``).
 """
 
+from tasks import siblings
 from tasks.app import app
 from tasks.batch import send_batch
 from tasks.email import send_email
@@ -13,6 +14,7 @@ from tasks.scheduling import SchedulerStep
 from tasks.storage import StorageGate
 from tasks.webhooks import deliver_webhook
 
+siblings.connect()  # one process per CPU, from one command
 app.steps["worker"].add(SchedulerStep)
 app.steps["consumer"].add(StorageGate)
 

@@ -3,6 +3,9 @@
 It records each message (envelope and parsed content) and, on demand,
 answers DATA or RCPT with a 4xx/5xx reply, delays DATA, holds the first RCPT
 to an address until the test releases it, or drops the connection after DATA.
+It offers PIPELINING (RFC 2920) in its EHLO reply, as
+Postfix and most providers do, unless ``pipelining`` is turned off: aiosmtpd
+reads pipelined commands in order either way, but does not say so itself.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class RecordingHandler:
         # The first RCPT to an address waits until its event is set (``holding`` once it waits).
         self.rcpt_holds: dict[str, threading.Event] = {}
         self.holding: dict[str, threading.Event] = {}
+        self.pipelining = True
 
     def reset(self) -> None:
         with self.lock:
@@ -68,6 +72,7 @@ class RecordingHandler:
             self.drop_after_data = 0
             self.connections = 0
             self.data_hook = None
+            self.pipelining = True
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -75,6 +80,8 @@ class RecordingHandler:
         session.host_name = hostname
         with self.lock:
             self.connections += 1
+            if self.pipelining:
+                responses.insert(1, "250-PIPELINING")
         return responses
 
     async def handle_RCPT(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from neoforge.processes import stop
+from neoforge.processes import stop, wait_until
 from tests.conftest import ROOT, celery_cli, wait_for_status
 from tests.smtp_server import SmtpServer
 
@@ -73,3 +73,47 @@ def test_neoforge_status_unknown_id() -> None:
     missing = _neoforge("status", "no-such-id")
     assert missing.returncode != 0
     assert "no email with id no-such-id" in missing.stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_one_command_runs_its_processes_and_stops_them_all(
+    tmp_path: Path, environment: dict[str, str], smtp_server: SmtpServer
+) -> None:
+    from tasks import app, send_email
+
+    name = f"procs-{os.getpid()}"
+    process = celery_cli(
+        "worker", "--loglevel", "INFO", "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle",
+        env={**environment, "WORKER_PROCESSES": "2"}, log=tmp_path / "worker.log",
+    )  # fmt: skip
+    try:
+        # Two Celery workers answer, the second named after the first.
+        nodes: set[str] = set()
+
+        def both_answer() -> bool:
+            nodes.update(node for reply in app.control.ping(timeout=0.5) for node in reply)
+            return len({n for n in nodes if n.startswith(name)}) == 2
+
+        wait_until(both_answer, 60, "both worker processes")
+        assert {n.split("@")[0] for n in nodes if n.startswith(name)} == {name, f"{name}-2"}
+        [sibling] = _children(process.pid)
+        result = send_email.delay(to=["procs@example.com"], subject="two processes", text="x")
+        assert wait_for_status(result.id, {"sent"}, timeout=60)["worker"].startswith(name)
+        # A warm shutdown of the command (SIGTERM to its first process only) ends them all.
+        process.terminate()
+        process.wait(60)
+        wait_until(lambda: not Path(f"/proc/{sibling}").exists(), 30, "the second process to end")
+    finally:
+        stop(process)

@@ -1,4 +1,9 @@
-"""One SMTP dialogue: MAIL, RCPT, DATA step by step, so every failure keeps its reply code and phase.
+"""One SMTP dialogue: MAIL, RCPT, DATA, so every failure keeps its reply code and phase.
+
+When the server offers PIPELINING (RFC 2920), MAIL, every RCPT and DATA go in
+one write and their replies come back in one round trip (neoforge/smtp/pipelining.py);
+otherwise step by step. Either way the caller's ledger mark is written after
+the server has said it takes the message (354) and before a byte of it is sent.
 
 fastapi-mail's own ``send_message`` is not used: it opens a connection per
 email and turns connection-phase failures into a generic ``ConnectionErrors``
@@ -19,6 +24,7 @@ import aiosmtplib
 
 from neoforge.errors import DeliveryError, ErrorClass, PermanentDeliveryError, TransientDeliveryError
 from neoforge.smtp.classify import classify
+from neoforge.smtp.pipelining import Pipeline, command, message_data, offered
 from neoforge.smtp.pool import Pool
 
 __all__ = ["Accepted", "deliver"]
@@ -137,12 +143,15 @@ async def _transmit(
     smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], data: bytes, state: _Dialogue
 ) -> Accepted:
     state.in_data = False
+    pipelining = await offered(smtp)  # says EHLO first on a new connection: SIZE is known after it
     size = smtp.esmtp_extensions.get("size", "")
     if size.isdigit() and 0 < int(size) < len(data):
         # The server said how much it takes (EHLO SIZE): fail before sending it all.
         raise PermanentDeliveryError(
             f"message of {len(data)} bytes is larger than the server's SIZE {size}", None, ErrorClass.SIZE
         )
+    if pipelining:
+        return await _pipelined(smtp, sender, recipients, data, state)
     await smtp.mail(sender)
     rejected: list[dict[str, Any]] = []
     deferred: list[dict[str, Any]] = []
@@ -165,6 +174,57 @@ async def _transmit(
         reply = await smtp.data(data)
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
         raise _DataPhaseLost(exc) from exc
+    return Accepted(reply.message, rejected, deferred)
+
+
+async def _pipelined(
+    smtp: aiosmtplib.SMTP, sender: str, recipients: list[str], data: bytes, state: _Dialogue
+) -> Accepted:
+    """One transaction in two round trips: MAIL, RCPT... and DATA together, then the message."""
+    envelope = [command(b"MAIL FROM", sender), *(command(b"RCPT TO", a) for a in recipients), b"DATA\r\n"]
+    try:
+        with Pipeline(smtp) as pipe:
+            pipe.write(b"".join(envelope))
+            mail, *rcpts, start = [await pipe.reply() for _ in envelope]
+    except BaseException:
+        # Replies may still be on their way: the next command would read one of them.
+        smtp.close()
+        raise
+    rejected: list[dict[str, Any]] = []
+    deferred: list[dict[str, Any]] = []
+    for address, reply in zip(recipients, rcpts, strict=True):
+        if reply.code not in (250, 251):  # as aiosmtplib's rcpt() reads them
+            refusal = {"address": address, "code": reply.code, "message": reply.message}
+            (deferred if 400 <= reply.code < 500 else rejected).append(refusal)
+    wanted = mail.code == 250 and len(rejected) + len(deferred) < len(recipients)
+    if start.code == 354 and not wanted:
+        # The server waits for a message we will not send: only closing ends that.
+        smtp.close()
+    if mail.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(mail.code, mail.message, sender)
+    if not wanted:
+        await _reset(smtp)
+        return Accepted(None, rejected, deferred)
+    if start.code != 354:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    if state.before_data is not None:
+        # The caller's ledger mark, before a byte of the message is sent. If
+        # it cannot be written, the message is not sent: the server is
+        # waiting for it, so the connection is closed.
+        try:
+            await state.before_data()
+        except BaseException:
+            smtp.close()
+            raise
+    state.in_data = True
+    with Pipeline(smtp) as pipe:
+        try:
+            pipe.write(message_data(data))
+            reply = await pipe.reply()
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+            raise _DataPhaseLost(exc) from exc
+    if reply.code != 250:
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
     return Accepted(reply.message, rejected, deferred)
 
 
