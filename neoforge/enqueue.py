@@ -25,6 +25,7 @@ from neoforge.mime import build
 from neoforge.redact import mask_addresses
 from neoforge.settings import Settings, get_settings
 from neoforge.store import StatusStore, event, iso
+from neoforge.store.admission import Charge, Publish
 from neoforge.store.batches import create_batch
 from neoforge.store.keys import METRICS
 from neoforge.templates import Rendered, missing_variables, render
@@ -156,6 +157,8 @@ def record(
     *,
     due: float | None = None,
     carried: str = "",
+    publish: Publish | None = None,
+    charge: Charge | None = None,
 ) -> tuple[str, str | None]:
     """Record REQUEST under EMAIL_ID: (id, "queued" or "scheduled"), or (earlier id, None).
 
@@ -163,7 +166,8 @@ def record(
     window, records nothing and gives the earlier email's id. DUE (epoch
     seconds) holds the email in Redis until then. CARRIED is what Celery must
     get back when a held email is published (callbacks, chain), as JSON.
-    Raises redis.RedisError if Redis cannot be reached.
+    PUBLISH and CHARGE go in the same round trip (``StatusStore.create``).
+    Raises redis.RedisError if Redis cannot be reached, RateLimited past CHARGE.
     """
     fields = _fields(request, queue, due)
     if carried:
@@ -172,7 +176,8 @@ def record(
         (request.idempotency_key, settings.email_idempotency_window) if request.idempotency_key else None
     )
     recorded, created = store.create(email_id, request.model_dump_json(), fields, idempotency=idempotency,
-                                     due=due, recipients=request.recipients())  # fmt: skip
+                                     due=due, recipients=request.recipients(), publish=publish,
+                                     charge=charge)  # fmt: skip
     if not created:
         log_event(logger, "email.duplicate", id=recorded)
         return recorded, None

@@ -40,7 +40,9 @@ from neoforge.runtime import current
 from neoforge.scheduler import max_broker_delay
 from neoforge.settings import get_settings
 from neoforge.store import event
+from neoforge.store.admission import Charge
 from tasks.app import app
+from tasks.wire import message_for
 
 __all__ = ["EmailTask", "publish_error", "send_email", "settle"]
 
@@ -118,12 +120,15 @@ class EmailTask(Task):  # type: ignore[misc]
         return result
 
     def queue_request(
-        self, request: EmailRequest, *, checked: bool = False, **options: Any
+        self, request: EmailRequest, *, checked: bool = False, charge: Charge | None = None, **options: Any
     ) -> tuple[AsyncResult, str | None]:
         """Record REQUEST and publish its message; return (result, "queued" or "scheduled").
 
         Its template is rendered once first (a missing variable is the
         caller's InvalidEmail), unless CHECKED says ``validate`` did that.
+        The record, its message and an API key's CHARGE go to Redis in one
+        round trip where tasks/wire.py can build the message (RateLimited
+        past the charge, nothing queued); otherwise Celery publishes after.
 
         With an ``idempotency_key`` seen within its window, or a ``task_id``
         already used, nothing is queued: the earlier email's result and None.
@@ -142,12 +147,13 @@ class EmailTask(Task):  # type: ignore[misc]
         email_id = str(options.pop("task_id", None) or uuid.uuid4())
         delay = _delay(options)
         due = due_time(request, delay if delay > max_broker_delay(settings) else None)
+        publish = message_for(self, email_id, queue, delay or None, options) if due is None else None
         try:
             recorded, status = record(store, request, email_id, queue, settings, due=due,
-                                      carried=_carried(options))  # fmt: skip
+                                      carried=_carried(options), publish=publish, charge=charge)  # fmt: skip
         except redis.RedisError as exc:
             raise unavailable(exc) from exc
-        if status is None or due is not None:
+        if status is None or due is not None or publish is not None:
             return self.AsyncResult(recorded), status
         try:
             self._send(email_id, queue, countdown=delay or None, **options)
