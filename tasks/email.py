@@ -21,6 +21,7 @@ import contextlib
 import socket
 import time
 import uuid
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,6 +43,7 @@ from neoforge.settings import get_settings
 from neoforge.store import event
 from neoforge.store.admission import Charge
 from tasks.app import app
+from tasks.many import send_many
 from tasks.wire import message_for
 
 __all__ = ["EmailTask", "publish_error", "send_email", "settle"]
@@ -162,6 +164,13 @@ class EmailTask(Task):  # type: ignore[misc]
                 discard_quietly(store, email_id)
             raise
         return self.AsyncResult(email_id), status
+
+    def send_many(self, emails: Iterable[Mapping[str, Any]], *, queue: str | None = None) -> list[str]:
+        """Queue many different emails (each as ``delay``'s keyword arguments) in a few round trips.
+
+        Returns their ids in order; see tasks/many.py for what is all-or-nothing.
+        """
+        return send_many(self, emails, queue=queue)
 
     def publish(
         self, email_id: str, *, first: bool = False, carried: str = "", **options: Any
