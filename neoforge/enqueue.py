@@ -224,12 +224,11 @@ def record_bulk(
 def record_chunk(
     store: StatusStore, emails: Sequence[tuple[EmailRequest, str, str, Publish | None]], settings: Settings
 ) -> list[tuple[str, str | None]]:
-    """Record (request, id, queue, message) EMAILS due now in one MULTI/EXEC: all of them or none.
+    """Record (request, id, queue, message) EMAILS due now in one MULTI/EXEC transaction.
 
     Returns, per email, what ``record`` returns. A message given is pushed with
     its record; the caller publishes the others. Raises redis.RedisError
-    (nothing of the chunk written: Redis refuses a transaction whose commands
-    it refused, and a lost connection never sends EXEC).
+    (a lost connection never sends EXEC: nothing of the chunk is written).
     """
     with store.client.pipeline(transaction=True) as pipe:
         for request, email_id, queue, publish in emails:

@@ -2,9 +2,10 @@
 
 Every email is validated first (an invalid one refuses the whole call, naming
 its index, before anything is queued). Then each chunk is one Redis
-transaction: every record with its broker message (laid out by tasks/wire.py
-as Celery publishes it), all of the chunk or none of it. Each email has its own
-id and status, as if sent with ``send_email.delay``.
+transaction (MULTI/EXEC): every record with its broker message (laid out by
+tasks/wire.py as Celery publishes it); a connection lost before EXEC queues
+none of the chunk. Each email has its own id and status, as if sent with
+``send_email.delay``.
 """
 
 from __future__ import annotations
