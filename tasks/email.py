@@ -43,7 +43,7 @@ from neoforge.settings import get_settings
 from neoforge.store import event
 from neoforge.store.admission import Charge
 from tasks.app import app
-from tasks.many import send_many
+from tasks.many import CHUNK, send_many
 from tasks.wire import message_for
 
 __all__ = ["EmailTask", "publish_error", "send_email", "settle"]
@@ -165,12 +165,14 @@ class EmailTask(Task):  # type: ignore[misc]
             raise
         return self.AsyncResult(email_id), status
 
-    def send_many(self, emails: Iterable[Mapping[str, Any]], *, queue: str | None = None) -> list[str]:
-        """Queue many different emails (each as ``delay``'s keyword arguments) in a few round trips.
+    def send_many(
+        self, emails: Iterable[Mapping[str, Any]], *, queue: str | None = None, chunk: int = CHUNK
+    ) -> list[str]:
+        """Queue many different emails (each as ``delay``'s keyword arguments), CHUNK to a Redis transaction.
 
-        Returns their ids in order; see tasks/many.py for what is all-or-nothing.
+        Returns their ids in order; see tasks/many.py for the errors.
         """
-        return send_many(self, emails, queue=queue)
+        return send_many(self, emails, queue=queue, chunk=chunk)
 
     def publish(
         self, email_id: str, *, first: bool = False, carried: str = "", **options: Any
