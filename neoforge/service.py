@@ -51,8 +51,8 @@ class EmailService:
         options = {"queue": self.queue} if self.queue else {}
 
         def enqueue() -> str:
-            result, _ = send_email.queue_request(validate(fields), checked=True, **options)
-            return str(result.id)
+            email_id, _ = send_email.enqueue(validate(fields), checked=True, **options)
+            return str(email_id)
 
         # Publishing talks to Redis synchronously: keep it off the event loop.
         return await asyncio.to_thread(enqueue)

@@ -124,7 +124,18 @@ class EmailTask(Task):  # type: ignore[misc]
     def queue_request(
         self, request: EmailRequest, *, checked: bool = False, charge: Charge | None = None, **options: Any
     ) -> tuple[AsyncResult, str | None]:
-        """Record REQUEST and publish its message; return (result, "queued" or "scheduled").
+        """``enqueue``, with the email's AsyncResult instead of its id."""
+        email_id, status = self.enqueue(request, checked=checked, charge=charge, **options)
+        return self.AsyncResult(email_id), status
+
+    def enqueue(
+        self, request: EmailRequest, *, checked: bool = False, charge: Charge | None = None, **options: Any
+    ) -> tuple[str, str | None]:
+        """Record REQUEST and publish its message; return (email id, "queued" or "scheduled").
+
+        No AsyncResult: Celery builds a result backend for every thread that
+        makes its first one (entry points read, a connection pool), which the
+        API's thread pool paid inside requests (a profile of POST /emails).
 
         Its template is rendered once first (a missing variable is the
         caller's InvalidEmail), unless CHECKED says ``validate`` did that.
@@ -156,14 +167,14 @@ class EmailTask(Task):  # type: ignore[misc]
         except redis.RedisError as exc:
             raise unavailable(exc) from exc
         if status is None or due is not None or publish is not None:
-            return self.AsyncResult(recorded), status
+            return recorded, status
         try:
             self._send(email_id, queue, countdown=delay or None, **options)
         except QueueUnavailable:
             if not request.idempotency_key:
                 discard_quietly(store, email_id)
             raise
-        return self.AsyncResult(email_id), status
+        return email_id, status
 
     def send_many(
         self, emails: Iterable[Mapping[str, Any]], *, queue: str | None = None, chunk: int = CHUNK

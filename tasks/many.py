@@ -101,6 +101,5 @@ def _record(task: EmailTask, store: Any, batch: list[Any], settings: Any) -> lis
     except redis.RedisError as exc:
         raise unavailable(exc) from exc
     for request, email_id, where in later:  # scheduled, or a message Celery must publish
-        result, status = task.queue_request(request, checked=True, task_id=email_id, queue=where)
-        results[email_id] = (str(result.id), status)
+        results[email_id] = task.enqueue(request, checked=True, task_id=email_id, queue=where)
     return [results[item[1]] for item in batch]

@@ -76,8 +76,7 @@ async def queue_email(request: EmailRequest, key: Authenticated) -> Queued:
 
 def _queue_one(key: str, request: EmailRequest) -> Queued:
     charge = key_charge(key, requests=1, recipients=len(request.recipients()))
-    result, queued_as = send_email.queue_request(request, charge=charge)
-    email_id = str(result.id)
+    email_id, queued_as = send_email.enqueue(request, charge=charge)
     if queued_as is None:  # an idempotency key seen before: that email's id and status
         record = current().store.get(email_id)
         queued_as = record["status"] if record else "queued"
