@@ -49,4 +49,4 @@ EXPOSE 8000 5555
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=3)"]
 
-CMD ["uvicorn", "neoforge.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["neoforge", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,7 +1,8 @@
 """The HTTP scenario: ``POST /emails`` under a bounded number of concurrent clients.
 
-One uvicorn process serves the API (ours: ``neoforge.main:app``; the baseline:
-bench/baseline_api.py); no worker runs, so only queueing is measured. The
+Each API runs one uvicorn process per CPU (ours: ``neoforge serve``, as the
+README says; the baseline: bench/baseline_api.py with as many workers); no
+worker runs, so only queueing is measured. The
 client runs in this process, on asyncio with httpx, and its CPU is reported as
 ``bench``: when it nears one core, the figure is the client's limit, not the
 server's.

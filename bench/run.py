@@ -338,7 +338,8 @@ def _notes(results: dict[str, dict[str, Any]]) -> list[str]:
         )
     if "e" in results:
         notes.append(
-            "(e): one uvicorn process each, --no-access-log, no worker running; ours with "
+            "(e): one uvicorn process per CPU each (ours: `neoforge serve`, the README's command), "
+            "--no-access-log, no worker running; ours with "
             "API_RATE_LIMIT_REQUESTS/RECIPIENTS raised so its per-key limiter (600/min by default) never "
             "answers 429 (its Redis calls still run). The client runs in the bench process ('bench' CPU)."
         )

@@ -191,14 +191,18 @@ class Stack:
         return self._start(command, f"worker-{system}.log", self.env(system, smtp_port))
 
     def start_api(self, system: System) -> tuple[subprocess.Popen[bytes], str]:
-        """One uvicorn process serving SYSTEM's API; returns it and its base URL."""
+        """SYSTEM's API, one uvicorn process per CPU either way; returns it and its base URL.
+
+        Ours: ``neoforge serve``, the README's production command (one process
+        per core by default). The baseline: uvicorn with as many ``--workers``.
+        """
         port = free_port()
-        app = "neoforge.main:app" if system == "ours" else "bench.baseline_api:app"
-        command = [
-            sys.executable, "-m", "uvicorn", app,
-            "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "1", "--log-level", "warning", "--no-access-log",
-        ]  # fmt: skip
+        where = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+        if system == "ours":
+            command = [sys.executable, "-m", "neoforge.cli", "serve", *where]
+        else:
+            command = [sys.executable, "-m", "uvicorn", "bench.baseline_api:app", *where,
+                       "--workers", str(os.cpu_count() or 1)]  # fmt: skip
         process = self._start(command, f"api-{system}.log", self.env(system, 25))
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _healthy(url), 30, f"{system} API")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from neoforge.logs import configure_logging
 from neoforge.redis_client import unavailable
 from neoforge.runtime import current
 from neoforge.schemas import email_status
+from neoforge.serve import uvicorn_command
 from neoforge.settings import Settings, get_settings
 from neoforge.smtp.probe import check_smtp_blocking
 from tasks import send_email
@@ -230,6 +232,14 @@ def flower(ctx: click.Context, local_only: bool) -> None:
     """Run Flower for this app; refuses to start without FLOWER_BASIC_AUTH unless --local-only."""
 
     sys.exit(run(local_only=local_only, extra_args=list(ctx.args)))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Serve the API with uvicorn, one process per core; other options are uvicorn's (--host, --port, ...)."""
+    command = uvicorn_command(ctx.args, _settings().embedded_worker)
+    os.execv(command[0], command)  # noqa: S606 (uvicorn takes this process: signals reach it directly)
 
 
 main.add_command(suppression)

@@ -6,6 +6,7 @@ The whole tree::
     ├── ConfigurationError       a setting has a bad value
     ├── InvalidEmail             an email was refused before anything was queued
     ├── EmailNotFound            no email was ever queued under that id
+    ├── RateLimited              an API key used its minute's allowance
     ├── QueueUnavailable         Redis (broker or status store) cannot be reached
     │   └── QueueFull            Redis answers but refuses writes: maxmemory reached, or persistence failing
     ├── LeaseLost                another sender took the email over: this attempt may not send or record
@@ -37,6 +38,7 @@ __all__ = [
     "PermanentDeliveryError",
     "QueueFull",
     "QueueUnavailable",
+    "RateLimited",
     "SetupError",
     "TransientDeliveryError",
     "plain_message",
@@ -104,6 +106,14 @@ class InvalidEmail(NeoforgeError, ValueError):
 
 class EmailNotFound(NeoforgeError, LookupError):
     """Raised when an id names no email that was ever queued."""
+
+
+class RateLimited(NeoforgeError):
+    """Raised when an API key has used its minute's allowance; ``retry_after`` is in seconds."""
+
+    def __init__(self, what: str, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"rate limit for {what} reached; retry in {retry_after} s")
 
 
 class QueueUnavailable(NeoforgeError):

@@ -51,11 +51,15 @@ class EmailService:
         options = {"queue": self.queue} if self.queue else {}
 
         def enqueue() -> str:
-            result, _ = send_email.queue_request(validate(fields), checked=True, **options)
-            return str(result.id)
+            email_id, _ = send_email.enqueue(validate(fields), checked=True, **options)
+            return str(email_id)
 
         # Publishing talks to Redis synchronously: keep it off the event loop.
         return await asyncio.to_thread(enqueue)
+
+    async def send_many(self, emails: list[dict[str, Any]]) -> list[str]:
+        """Queue many different emails (each as ``send``'s keyword arguments); their ids, in order."""
+        return await asyncio.to_thread(send_email.send_many, emails, queue=self.queue)
 
     async def send_bulk(
         self, template: str, subject: str, recipients: list[dict[str, Any]], **shared: Any

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import uuid
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,7 +40,10 @@ from neoforge.runtime import current
 from neoforge.scheduler import max_broker_delay
 from neoforge.settings import get_settings
 from neoforge.store import event
+from neoforge.store.admission import Charge
 from tasks.app import app
+from tasks.many import CHUNK, send_many
+from tasks.wire import message_for
 
 __all__ = ["EmailTask", "publish_error", "send_email", "settle"]
 
@@ -117,12 +121,26 @@ class EmailTask(Task):  # type: ignore[misc]
         return result
 
     def queue_request(
-        self, request: EmailRequest, *, checked: bool = False, **options: Any
+        self, request: EmailRequest, *, checked: bool = False, charge: Charge | None = None, **options: Any
     ) -> tuple[AsyncResult, str | None]:
-        """Record REQUEST and publish its message; return (result, "queued" or "scheduled").
+        """``enqueue``, with the email's AsyncResult instead of its id."""
+        email_id, status = self.enqueue(request, checked=checked, charge=charge, **options)
+        return self.AsyncResult(email_id), status
+
+    def enqueue(
+        self, request: EmailRequest, *, checked: bool = False, charge: Charge | None = None, **options: Any
+    ) -> tuple[str, str | None]:
+        """Record REQUEST and publish its message; return (email id, "queued" or "scheduled").
+
+        No AsyncResult: Celery builds a result backend for every thread that
+        makes its first one (entry points read, a connection pool), which the
+        API's thread pool paid inside requests (a profile of POST /emails).
 
         Its template is rendered once first (a missing variable is the
         caller's InvalidEmail), unless CHECKED says ``validate`` did that.
+        The record, its message and an API key's CHARGE go to Redis in one
+        round trip where tasks/wire.py can build the message (RateLimited
+        past the charge, nothing queued); otherwise Celery publishes after.
 
         With an ``idempotency_key`` seen within its window, or a ``task_id``
         already used, nothing is queued: the earlier email's result and None.
@@ -141,20 +159,30 @@ class EmailTask(Task):  # type: ignore[misc]
         email_id = str(options.pop("task_id", None) or uuid.uuid4())
         delay = _delay(options)
         due = due_time(request, delay if delay > max_broker_delay(settings) else None, store.clock)
+        publish = message_for(self, email_id, queue, delay or None, options) if due is None else None
         try:
             recorded, status = record(store, request, email_id, queue, settings, due=due,
-                                      carried=_carried(options))  # fmt: skip
+                                      carried=_carried(options), publish=publish, charge=charge)  # fmt: skip
         except redis.RedisError as exc:
             raise unavailable(exc) from exc
-        if status is None or due is not None:
-            return self.AsyncResult(recorded), status
+        if status is None or due is not None or publish is not None:
+            return recorded, status
         try:
             self._send(email_id, queue, countdown=delay or None, **options)
         except QueueUnavailable:
             if not request.idempotency_key:
                 discard_quietly(store, email_id)
             raise
-        return self.AsyncResult(email_id), status
+        return email_id, status
+
+    def send_many(
+        self, emails: Iterable[Mapping[str, Any]], *, queue: str | None = None, chunk: int = CHUNK
+    ) -> list[str]:
+        """Queue many different emails (each as ``delay``'s keyword arguments), CHUNK to a Redis transaction.
+
+        Returns their ids in order; see tasks/many.py for the errors.
+        """
+        return send_many(self, emails, queue=queue, chunk=chunk)
 
     def publish(
         self, email_id: str, *, first: bool = False, carried: str = "", **options: Any

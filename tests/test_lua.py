@@ -30,16 +30,15 @@ def scripts(redis_client: redis.Redis) -> Scripts:
 
 
 def _create(
-    scripts: Scripts,
-    email_id: str,
-    *,
-    idem: str = "",
-    due: str = "",
-    rcpt: tuple[str, ...] = (),
-    life: int = 3600,
-) -> list[str]:
-    keys = [email_key(email_id), payload_key(email_id), idem, SCHEDULED, PENDING, METRICS, *rcpt]
-    args = [email_id, "{}", 60, due, life, "status", "scheduled" if due else "queued", "priority", "bulk"]
+    scripts: Scripts, email_id: str, *, idem: str = "", due: str = "", rcpt: tuple[str, ...] = (),
+    life: int = 3600, message: tuple[str, str] = ("", ""),
+    charge: tuple[str, str, int, int] = ("", "", 0, 0),
+) -> list[str]:  # fmt: skip
+    counters, limits = charge[:2], charge[2:]
+    keys = [email_key(email_id), payload_key(email_id), idem, SCHEDULED, PENDING, METRICS, message[0],
+            *counters, *rcpt]  # fmt: skip
+    args = [email_id, "{}", 60, due, life, message[1], 1, len(rcpt), *limits,
+            "status", "scheduled" if due else "queued", "priority", "bulk"]  # fmt: skip
     return [str(v) for v in scripts.create(keys=keys, args=args)]
 
 
@@ -85,6 +84,23 @@ def test_recipient_index_drops_entries_older_than_its_life(
     found = store.emails_to("often@example.com")
     assert len(found) >= 2 and f"later{number}" in found
     assert 0 < redis_client.ttl(index) <= 1
+
+
+def test_create_pushes_the_message_and_charges_in_the_same_call(
+    scripts: Scripts, redis_client: redis.Redis
+) -> None:
+    charge = ("rate:req", "rate:rcpt", 2, 10)
+    assert _create(scripts, "a", message=("q", "m-a"), charge=charge, rcpt=("r1",)) == ["a", "1"]
+    assert redis_client.lrange("q", 0, -1) == ["m-a"]
+    # A duplicate is charged but pushes nothing; a scheduled email's message waits with it.
+    assert _create(scripts, "a", message=("q", "m-a2"), charge=charge) == ["a", "0"]
+    assert redis_client.lrange("q", 0, -1) == ["m-a"]
+    # Past the request limit: counted, nothing recorded or pushed.
+    assert _create(scripts, "b", message=("q", "m-b"), charge=charge) == ["", "-1", "3", "1"]
+    assert not redis_client.exists(email_key("b"))
+    assert redis_client.lrange("q", 0, -1) == ["m-a"]
+    assert _create(scripts, "c", due="2000000000", message=("q", "m-c")) == ["c", "1"]
+    assert redis_client.lrange("q", 0, -1) == ["m-a"]
 
 
 def _begin(scripts: Scripts, email_id: str, holder: str, break_lease: str = "") -> list[object]:

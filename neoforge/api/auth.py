@@ -8,11 +8,11 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from neoforge.ratelimit import charge, charge_read
+from neoforge.ratelimit import Charge, charge, charge_for, charge_read
 from neoforge.runtime import current
 from neoforge.settings import get_settings
 
-__all__ = ["Authenticated", "charge_key", "limit_reads", "limit_requests", "require_key"]
+__all__ = ["Authenticated", "charge_key", "key_charge", "limit_reads", "limit_requests", "require_key"]
 
 _bearer = HTTPBearer(auto_error=False, description="One of the keys in API_KEYS.")
 
@@ -37,12 +37,21 @@ async def require_key(
 
 
 def charge_key(key: str, requests: int, recipients: int) -> None:
+    """Charge KEY's per-minute allowances now (one round trip; 429 past them)."""
+    charge(current().store, key, requests=requests, recipients=recipients, **_limits())
+
+
+def key_charge(key: str, requests: int, recipients: int) -> Charge:
+    """The same charge, to be counted by the script that records the email (one round trip for both)."""
+    return charge_for(key, requests=requests, recipients=recipients, **_limits())
+
+
+def _limits() -> dict[str, int]:
     settings = get_settings()
-    limits = {
+    return {
         "max_requests": settings.api_rate_limit_requests,
         "max_recipients": settings.api_rate_limit_recipients,
     }
-    charge(current().store, key, requests=requests, recipients=recipients, **limits)
 
 
 def limit_requests(key: Annotated[str, Depends(require_key)]) -> str:

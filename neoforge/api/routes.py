@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from neoforge.api.auth import Authenticated, charge_key, limit_reads, limit_requests, require_key
+from neoforge.api.auth import Authenticated, charge_key, key_charge, limit_reads, limit_requests, require_key
 from neoforge.bulk import queue_bulk
 from neoforge.deadletters import list_failed, requeue, requeue_all
 from neoforge.errors import EmailNotFound
@@ -77,9 +77,8 @@ async def queue_email(request: EmailRequest, key: Authenticated) -> Queued:
 
 
 def _queue_one(key: str, request: EmailRequest) -> Queued:
-    charge_key(key, requests=1, recipients=len(request.recipients()))
-    result, queued_as = send_email.queue_request(request)
-    email_id = str(result.id)
+    charge = key_charge(key, requests=1, recipients=len(request.recipients()))
+    email_id, queued_as = send_email.enqueue(request, charge=charge)
     if queued_as is None:  # an idempotency key seen before: that email's id and status
         record = current().store.get(email_id)
         queued_as = record["status"] if record else "queued"

@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from neoforge.errors import LeaseLost
+from neoforge.store.admission import Charge, Publish
 from neoforge.store.encoding import (
     Attempt,
     as_json,
@@ -85,13 +86,16 @@ class StatusStore(Indexes, AttemptWrites):
         due: float | None = None,
         recipients: list[str] | None = None,
         pipeline: Any = None,
+        publish: Publish | None = None,
+        charge: Charge | None = None,
     ) -> tuple[str, bool]:
         """Record a new email (queued, or scheduled when DUE is given); return (id, created).
 
         An id that has a record already, or an IDEMPOTENCY (key, seconds) used
         within its window, writes nothing: the earlier email's id is returned
         with ``created`` False. With a PIPELINE the write is only queued on it
-        (the caller executes it) and (EMAIL_ID, True) is returned.
+        (the caller executes it) and (EMAIL_ID, True) is returned. PUBLISH (a due-now email's
+        broker message) is pushed with the record; CHARGE counted first (RateLimited past it).
         """
         now = now_iso()
         record: dict[str, str | int] = {
@@ -112,6 +116,8 @@ class StatusStore(Indexes, AttemptWrites):
                 SCHEDULED,
                 PENDING,
                 METRICS,
+                publish.list_key if publish else "",
+                *(charge[:2] if charge else ("", "")),
                 *(recipient_key(address) for address in recipients or []),
             ],
             args=[
@@ -120,13 +126,17 @@ class StatusStore(Indexes, AttemptWrites):
                 ttl,
                 "" if due is None else due,
                 self.status_ttl + 31 * 86400,
+                publish.entry if publish else "",
+                *(charge[2:6] if charge else (0, 0, 0, 0)),
                 *flat,
             ],
             client=pipeline,
         )
         if pipeline is not None:
             return email_id, True
-        return str(result[0]), bool(int(result[1]))
+        if int(result[1]) < 0 and charge is not None:
+            charge.check(int(result[2]), int(result[3]))
+        return str(result[0]), int(result[1]) == 1
 
     def finish_new(self, email_id: str, status: str, fields: dict[str, str | int], entry: Attempt) -> bool:
         """Record EMAIL_ID as STATUS (failed or expired) before it was ever queued; False if it has a record.
