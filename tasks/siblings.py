@@ -34,8 +34,8 @@ from celery.concurrency.thread import TaskPool
 from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 from celery.utils.nodenames import nodename, nodesplit
 
+from neoforge.children import set_parent_death_signal
 from neoforge.logs import log_event
-from neoforge.processes import set_parent_death_signal
 from neoforge.settings import Settings, get_settings
 
 __all__ = ["SIBLING_VARIABLE", "connect", "process_count"]
