@@ -18,6 +18,7 @@ from neoforge.store.keys import (
     attempts_key,
     email_key,
     lease_key,
+    legacy_recipient_key,
     payload_key,
     recipient_key,
 )
@@ -313,3 +314,14 @@ def test_a_sent_record_takes_its_compact_form(scripts: Scripts, redis_client: re
     assert record["outcomes"] == [outcomes["t0"], outcomes["t1"]]
     found = store.get("b")
     assert found is not None and found["outcomes"] == [outcomes["t0"]]
+
+
+def test_the_recipient_index_written_before_it_was_a_sorted_set_is_still_read_and_erased(
+    scripts: Scripts, redis_client: redis.Redis
+) -> None:
+    store = StatusStore(redis_client, 60)
+    redis_client.hset(legacy_recipient_key("old@example.com"), "before", "")
+    _create(scripts, "after", rcpt=(recipient_key("old@example.com"),))
+    assert store.emails_to("old@example.com") == ["after", "before"]
+    store.forget_recipient("old@example.com")
+    assert store.emails_to("old@example.com") == []

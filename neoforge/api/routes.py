@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated, Any, Literal
 
@@ -120,12 +121,20 @@ def _queue_many(key: str, raw: bytes) -> Response:
 
 
 def _bulk_body(raw: bytes) -> BulkRequest:
-    """RAW as a BulkRequest, or FastAPI's own 422 for a body that is not one."""
+    """RAW as a BulkRequest, or FastAPI's own answers: 422 for invalid JSON or fields, 400 for no text."""
     try:
-        return BulkRequest.model_validate_json(raw)
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        error = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {},
+                 "ctx": {"error": exc.msg}}  # fmt: skip
+        raise RequestValidationError([error], body=exc.doc) from exc
+    except ValueError as exc:  # not UTF-8 (or -16, -32) text
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "There was an error parsing the body") from exc
+    try:
+        return BulkRequest.model_validate(data)
     except ValidationError as exc:
         errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
-        raise RequestValidationError(errors, body=None) from exc
+        raise RequestValidationError(errors, body=data) from exc
 
 
 @emails.get(
