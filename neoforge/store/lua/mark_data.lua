@@ -13,7 +13,8 @@
 local count, holder = string.match(ARGV[1], '^(%d+)|(.*)$')
 local fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
 if fence > tonumber(count)
-    or (fence == tonumber(count) and redis.call('HGET', KEYS[1], 'fence_holder') ~= holder) then
+    or (fence == tonumber(count) and redis.call('HGET', KEYS[1], 'fence_holder') ~= holder)
+    or redis.call('HGET', KEYS[1], 'status') == 'sent' then
   redis.call('HINCRBY', KEYS[2], 'fenced|data', 1)
   return 0
 end

@@ -34,8 +34,10 @@ if redis.call('HGET', KEYS[1], 'status') == 'sent' then return 0 end
 redis.call('HDEL', KEYS[1], 'last_error', 'last_smtp_code', 'error_class', 'failed_at', 'rcpt_todo')
 -- The compact sent form: what only an unfinished email needs goes (the key names the id; the
 -- timeline names the worker), so the record is a few hundred bytes for EMAIL_STATUS_TTL.
+-- The fence's count stays (a late writer with an older count is refused by it); its holder goes
+-- (past the 64 bytes of a compact hash), and a sent record refuses every attempt's write anyway.
 redis.call('HDEL', KEYS[1], 'id', 'worker', 'published_ts', 'next_attempt_at', 'celery', 'expires_ts',
-                   'fence', 'fence_holder')
+           'fence_holder')
 if redis.call('HGET', KEYS[1], 'template') == '' then redis.call('HDEL', KEYS[1], 'template') end
 local fields = cjson.decode(ARGV[2])
 local flat = {}

@@ -28,6 +28,11 @@ if ARGV[2] ~= '' then
     redis.call('HINCRBY', KEYS[7], 'fenced|' .. ARGV[3], 1)
     return 0
   end
+  -- Sent is final: whatever an attempt says afterwards (its count lost in a failover) is late.
+  if redis.call('HGET', KEYS[1], 'status') == 'sent' then
+    redis.call('HINCRBY', KEYS[7], 'fenced|' .. ARGV[3], 1)
+    return 0
+  end
 end
 local fields = cjson.decode(ARGV[4])
 local flat = {}
