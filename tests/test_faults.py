@@ -7,6 +7,7 @@ back within seconds. Deliveries are counted per email id at the SMTP server.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 import redis
 
 from neoforge.processes import free_port, wait_until
+from neoforge.store.keys import attempts_key
 from tests.conftest import RedisServer, all_sent, statuses, wait_for_status
 from tests.smtp_server import SmtpServer
 from tests.tcp_proxy import TcpProxy
@@ -295,8 +297,8 @@ def test_two_workers_compete_for_four_hundred_emails(
     assert len(counts) == 400 and set(counts.values()) == {1}
     with redis_client.pipeline(transaction=False) as pipe:
         for email_id in ids:
-            pipe.hget(f"neoforge:email:{email_id}", "worker")
-        workers = {str(w).split("-")[0] for w in pipe.execute()}
+            pipe.lindex(attempts_key(email_id), -1)  # a sent record keeps no worker field
+        workers = {json.loads(entry)["worker"].split("-")[0] for entry in pipe.execute()}
     assert len(workers) == 2, workers  # both did work
 
 

@@ -218,7 +218,9 @@ def test_wrong_password_pauses_without_leaking_sessions(
 
     queue = f"pf-{uuid.uuid4().hex[:6]}"
     cap = 5
-    wrong = _smtp_env(postfix_server, SMTP_PASSWORD="rotated-away-123", SMTP_MAX_CONNECTIONS=str(cap))
+    # The cap is per worker process: one process, so the relay's session count is the cap's.
+    wrong = _smtp_env(postfix_server, SMTP_PASSWORD="rotated-away-123", SMTP_MAX_CONNECTIONS=str(cap),
+                      WORKER_PROCESSES="1")  # fmt: skip
     ids = [send_email.apply_async(kwargs={"to": [f"pw{i}@example.com"], "subject": "pw", "text": "x"},
                                   queue=queue).id for i in range(60)]  # fmt: skip
     most = 0
@@ -242,7 +244,7 @@ def test_wrong_password_pauses_without_leaking_sessions(
     statuses = Counter(str(redis_client.hget(f"neoforge:email:{i}", "status")) for i in ids)
     assert statuses["failed"] == 0 and statuses["sent"] == 0, statuses
     wait_until(lambda: postfix_server.open_sessions() == 0, 10, "no session left open")
-    cli_worker(queue, **_smtp_env(postfix_server, SMTP_MAX_CONNECTIONS=str(cap)))
+    cli_worker(queue, **_smtp_env(postfix_server, SMTP_MAX_CONNECTIONS=str(cap), WORKER_PROCESSES="1"))
     wait_until(lambda: all(redis_client.hget(f"neoforge:email:{i}", "status") == "sent" for i in ids), 90,
                "all 60 sent")  # fmt: skip
     watching.set()

@@ -298,6 +298,8 @@ class StatusStore(Indexes, AttemptWrites):
         result["attempts"] = int(record.get("attempts", 0))
         result.pop("rcpt_todo", None)
         result["timeline"] = [json.loads(item) for item in attempts]
+        if "worker" not in result and result["timeline"]:
+            result["worker"] = result["timeline"][-1].get("worker")  # not kept in the compact sent form
         sent = [entry for entry in result["timeline"] if entry.get("outcome") == "sent"]
         reply = str(sent[-1].get("smtp_reply") or "") if sent else ""
         result["outcomes"] = in_order(str(record.get("outcomes") or ""), reply)
