@@ -16,12 +16,20 @@ NAMES = (
 )  # fmt: skip
 
 
+# Scripts that write for an attempt share its fence check: lua/fence.lua goes in front of them.
+_FENCED = frozenset({"mark_data", "sent", "settle"})
+
+
+def _read(name: str) -> str:
+    return resources.files("neoforge.store").joinpath("lua", f"{name}.lua").read_text()
+
+
 @cache
 def source(name: str) -> str:
-    """The text of the script NAME (``lua/NAME.lua``)."""
+    """The text of the script NAME (``lua/NAME.lua``, after ``lua/fence.lua`` for the fenced ones)."""
     if name not in NAMES:
         raise KeyError(name)
-    return resources.files("neoforge.store").joinpath("lua", f"{name}.lua").read_text()
+    return (_read("fence") if name in _FENCED else "") + _read(name)
 
 
 class Scripts:

@@ -18,14 +18,9 @@
 -- Returns 1 if recorded, 0 if it was recorded already, -1 if refused: another
 -- take moved the fence on (lua/begin.lua, and the check in lua/settle.lua), so
 -- nothing is written but the count.
-if ARGV[12] ~= '' then
-  local count, holder = string.match(ARGV[12], '^(%d+)|(.*)$')
-  local fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
-  if fence > tonumber(count)
-      or (fence == tonumber(count) and redis.call('HGET', KEYS[1], 'fence_holder') ~= holder) then
-    redis.call('HINCRBY', KEYS[7], 'fenced|sent', 1)
-    return -1
-  end
+if ARGV[12] ~= '' and stale_fence(KEYS[1], ARGV[12]) then
+  redis.call('HINCRBY', KEYS[7], 'fenced|sent', 1)
+  return -1
 end
 redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[5], ARGV[1])

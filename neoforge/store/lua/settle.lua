@@ -4,9 +4,7 @@
 -- cut off, past its heartbeat) writes nothing but the refusal's count. An
 -- empty fence is a write outside any attempt (an operator's, a parent
 -- process's late verdict): not checked.
--- A fence is "count|holder". Stale when a later take moved it on: a higher count, or the same
--- count taken by another holder (after a failover lost writes). A lower count means Redis lost
--- this attempt's own take, and nobody took the email since: the attempt is still the latest.
+-- What makes a fence stale: lua/fence.lua (stale_fence).
 --
 -- KEYS[1] the record      KEYS[2] its timeline     KEYS[3] the payload    KEYS[4] the lease
 -- KEYS[5] pending index   KEYS[6] dead-letter index   KEYS[7] counters   KEYS[8] this minute's counters
@@ -20,19 +18,10 @@
 --          pending index, content dropped, record expiring after ARGV[12] s) or ''
 -- Returns 1 if written, 0 if refused.
 redis.replicate_commands()
-if ARGV[2] ~= '' then
-  local count, holder = string.match(ARGV[2], '^(%d+)|(.*)$')
-  local fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
-  if fence > tonumber(count)
-      or (fence == tonumber(count) and redis.call('HGET', KEYS[1], 'fence_holder') ~= holder) then
-    redis.call('HINCRBY', KEYS[7], 'fenced|' .. ARGV[3], 1)
-    return 0
-  end
-  -- Sent is final: whatever an attempt says afterwards (its count lost in a failover) is late.
-  if redis.call('HGET', KEYS[1], 'status') == 'sent' then
-    redis.call('HINCRBY', KEYS[7], 'fenced|' .. ARGV[3], 1)
-    return 0
-  end
+-- Sent is final: whatever an attempt says afterwards (its count lost in a failover) is late.
+if ARGV[2] ~= '' and (stale_fence(KEYS[1], ARGV[2]) or redis.call('HGET', KEYS[1], 'status') == 'sent') then
+  redis.call('HINCRBY', KEYS[7], 'fenced|' .. ARGV[3], 1)
+  return 0
 end
 local fields = cjson.decode(ARGV[4])
 local flat = {}
